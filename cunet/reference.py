@@ -20,11 +20,6 @@ helpers, so both raise the same errors.
 import numpy as np
 
 from cunet import _check
-from cunet import _reference_losses as _losses   # losses, metrics, optimizer updates
-
-_loss_names = [n for n, f in vars(_losses).items()
-               if callable(f) and not n.startswith("_") and getattr(f, "__module__", "") == _losses.__name__]
-globals().update({n: getattr(_losses, n) for n in _loss_names})
 
 # ---- argument checks shared with cunet.ops
 
@@ -511,6 +506,330 @@ def dropout_backward(dy, p, seed):
     return dy * dropout_mask(dy.shape, p, seed, dy.dtype.type)
 
 
+
+# ---- losses, metrics, optimizer updates
+#
+# Legend
+#   N batch, K classes (channels of the logits), S spatial shape (H, W) or (D, H, W),
+#   M number of elements of the logits (N*K*prod(S)), V number of voxels (N*prod(S)).
+#   logits  (N, K, *S) float32/float64    labels (N, *S) integer in [0, K)
+#   target  (N, K, *S) float in [0, 1] for the binary losses, any finite float for mse/l1
+#
+# Losses return `(loss, dlogits)`: the loss as a Python float and its gradient with respect
+# to the logits (or output), same shape and dtype as the logits.
+# Optimizer updates work in place on the arrays passed and return None; their formulas are
+# those of torch.optim.SGD, Adam and AdamW (dampening 0, amsgrad off).
+
+F64 = np.float64
+
+
+# ---- argument checks shared by the losses
+
+def _logits(name, z, softmax=False):
+    _check.image(name, z)
+    if z.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(z.shape)}")
+    _check.finite(name, z)
+    if softmax and z.shape[1] < 2:
+        raise ValueError(f"{name}: softmax losses need K >= 2 channels, got {z.shape[1]}; "
+                         f"for one channel use bce_with_logits / binary_dice_loss / dice_bce_loss")
+    return z
+
+
+def _target(name, t, z, zname, unit=True):
+    """A float array shaped like z; with unit=True its values must lie in [0, 1]."""
+    _check.array(name, t)
+    _check.same_shape(name, t, zname, z)
+    _check.finite(name, t)
+    if unit and bool(((t < 0) | (t > 1)).any()):
+        raise ValueError(f"{name}: values must lie in [0, 1], found min {float(t.min())}, max {float(t.max())}")
+    return t
+
+
+def _labels(labels, z):
+    return _check.labels("labels", labels, z.shape[1], shape=(z.shape[0],) + tuple(z.shape[2:]))
+
+
+def _class_weights(w, z):
+    """(K,) weights as a float64 array on z's device, or None."""
+    if w is None:
+        return None
+    _check.array("class_weights", w, ndim=1)
+    k = z.shape[1]
+    if w.shape[0] != k:
+        raise ValueError(f"class_weights: expected shape ({k},) (one per channel of logits), got {tuple(w.shape)}")
+    _check.finite("class_weights", w)
+    w = _check.xp_of(z).asarray(w, dtype=F64)
+    if bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"class_weights: expected values >= 0 with a positive sum, got {w.tolist()}")
+    return w
+
+
+def _smooth(smooth, variant):
+    _check.choice("variant", variant, ("class", "voxel"))
+    # The voxel variant divides by p + g + smooth per voxel: smooth = 0 allows 0/0 where p, g -> 0.
+    return _check.number("smooth", smooth, lo=0, lo_open=(variant == "voxel"))
+
+
+# ---- helpers (all float64)
+
+def _softmax(z):
+    """Softmax over axis 1 of (N, K, *S)."""
+    xp = _check.xp_of(z)
+    e = xp.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z):
+    # exp(-|z|) never overflows; the two branches are the same function rearranged.
+    xp = _check.xp_of(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _one_hot(labels, k):
+    """(N, *S) ints -> (N, K, *S) float64."""
+    xp = _check.xp_of(labels)
+    classes = xp.arange(k).reshape((1, k) + (1,) * (labels.ndim - 1))
+    return (labels[:, None] == classes).astype(F64)
+
+
+def _dice(p, g, smooth, variant, first):
+    """Dice loss of probabilities p against g, both (N, C, *S) float64, averaged over
+    channels first..C-1. Returns (loss, dloss/dp)."""
+    xp = _check.xp_of(p)
+    c = p.shape[1]
+    w = xp.zeros((1, c) + (1,) * (p.ndim - 2), dtype=F64)  # weight of each channel in the mean
+    w[:, first:] = 1.0 / (c - first)
+    if variant == "class":
+        axes = (0,) + tuple(range(2, p.ndim))  # batch and voxels pooled per class
+        inter = (p * g).sum(axis=axes, keepdims=True)  # (1, C, 1, ...)
+        denom = p.sum(axis=axes, keepdims=True) + g.sum(axis=axes, keepdims=True) + smooth
+        d = (2 * inter + smooth) / denom
+        # dD/dp = (2g (denom) - (2 inter + smooth)) / denom^2 = (2g - D) / denom
+        return float((w * (1 - d)).sum()), -w * (2 * g - d) / denom
+    v = p.size // c  # voxels N*prod(S)
+    denom = p + g + smooth
+    # d/dp [2pg / (p + g + s)] = 2g (g + s) / (p + g + s)^2
+    return 1 - float((w * 2 * p * g / denom).sum()) / v, -w * 2 * g * (g + smooth) / denom**2 / v
+
+
+# ---- losses
+
+def bce_with_logits(logits, target):
+    """Binary cross-entropy on logits, mean over all M elements (any channel count)."""
+    _logits("logits", logits)
+    _target("target", target, logits, "logits")
+    xp = _check.xp_of(logits)
+    z, t = logits.astype(F64), target.astype(F64)
+    # -t log s(z) - (1-t) log(1 - s(z)), rearranged so no exp overflows.
+    loss = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+    return float(loss.mean()), ((_sigmoid(z) - t) / z.size).astype(logits.dtype)
+
+
+def cross_entropy(logits, labels, class_weights=None):
+    """Softmax cross-entropy over axis 1. Unweighted: mean over the V voxels.
+    Weighted: sum_v w[y_v] nll_v / sum_v w[y_v] (PyTorch's weighted mean)."""
+    _logits("logits", logits, softmax=True)
+    _labels(labels, logits)
+    w = _class_weights(class_weights, logits)
+    xp = _check.xp_of(logits)
+    z = logits.astype(F64)
+    zs = z - z.max(axis=1, keepdims=True)
+    logp = zs - xp.log(xp.exp(zs).sum(axis=1, keepdims=True))  # (N, K, *S) log-softmax
+    g = _one_hot(labels, z.shape[1])
+    nll = -(logp * g).sum(axis=1, keepdims=True)  # (N, 1, *S)
+    wv = xp.ones_like(nll) if w is None else w[labels][:, None]  # (N, 1, *S) weight of each voxel
+    total = float(wv.sum())
+    if not total > 0:
+        raise ValueError("class_weights: the classes present in labels all have weight 0, "
+                         "so the weighted mean is 0/0")
+    # d nll / dz = softmax(z) - onehot(y)
+    return float((wv * nll).sum()) / total, (wv * (xp.exp(logp) - g) / total).astype(logits.dtype)
+
+
+def dice_loss(logits, labels, include_background=True, smooth=1e-5, variant="class"):
+    """Soft Dice on softmax(logits) against one-hot(labels).
+
+    variant="class" (MONAI / nnU-Net "batch dice"): per class c, sums over batch and voxels,
+        D_c = (2 sum p g + smooth) / (sum p + sum g + smooth), loss = mean_c (1 - D_c).
+    variant="voxel": loss = 1 - mean over classes and voxels of 2 p g / (p + g + smooth).
+    include_background=False leaves class 0 out of the mean."""
+    _logits("logits", logits, softmax=True)
+    _labels(labels, logits)
+    _check.choice("include_background", include_background, (True, False))
+    smooth = _smooth(smooth, variant)
+    p = _softmax(logits.astype(F64))
+    loss, dp = _dice(p, _one_hot(labels, p.shape[1]), smooth, variant, 0 if include_background else 1)
+    # softmax backward: dz_k = p_k (dp_k - sum_j p_j dp_j)
+    return loss, (p * (dp - (p * dp).sum(axis=1, keepdims=True))).astype(logits.dtype)
+
+
+def binary_dice_loss(logits, target, smooth=1e-5, variant="class"):
+    """Soft Dice on sigmoid(logits) against a [0, 1] target; each channel is one class,
+    with the formulas of dice_loss, averaged over channels."""
+    _logits("logits", logits)
+    _target("target", target, logits, "logits")
+    smooth = _smooth(smooth, variant)
+    p = _sigmoid(logits.astype(F64))
+    loss, dp = _dice(p, target.astype(F64), smooth, variant, 0)
+    return loss, (dp * p * (1 - p)).astype(logits.dtype)
+
+
+def dice_ce_loss(logits, labels, class_weights=None, include_background=True, smooth=1e-5,
+                 variant="class", dice_weight=1.0, ce_weight=1.0):
+    """dice_weight * dice_loss + ce_weight * cross_entropy."""
+    a = _check.number("dice_weight", dice_weight, lo=0)
+    b = _check.number("ce_weight", ce_weight, lo=0)
+    ld, gd = dice_loss(logits, labels, include_background, smooth, variant)
+    lc, gc = cross_entropy(logits, labels, class_weights)
+    return a * ld + b * lc, (a * gd.astype(F64) + b * gc.astype(F64)).astype(logits.dtype)
+
+
+def dice_bce_loss(logits, target, smooth=1e-5, variant="class", dice_weight=1.0, bce_weight=1.0):
+    """dice_weight * binary_dice_loss + bce_weight * bce_with_logits."""
+    a = _check.number("dice_weight", dice_weight, lo=0)
+    b = _check.number("bce_weight", bce_weight, lo=0)
+    ld, gd = binary_dice_loss(logits, target, smooth, variant)
+    lb, gb = bce_with_logits(logits, target)
+    return a * ld + b * lb, (a * gd.astype(F64) + b * gb.astype(F64)).astype(logits.dtype)
+
+
+def mse_loss(output, target):
+    """Mean over all M elements of (output - target)^2."""
+    _logits("output", output)
+    _target("target", target, output, "output", unit=False)
+    r = output.astype(F64) - target.astype(F64)
+    return float((r * r).mean()), (2 * r / r.size).astype(output.dtype)
+
+
+def l1_loss(output, target):
+    """Mean over all M elements of |output - target|; subgradient sign(r) / M, sign(0) = 0."""
+    _logits("output", output)
+    _target("target", target, output, "output", unit=False)
+    xp = _check.xp_of(output)
+    r = output.astype(F64) - target.astype(F64)
+    return float(xp.abs(r).mean()), (xp.sign(r) / r.size).astype(output.dtype)
+
+
+# ---- metrics (label maps of any shape)
+
+def _label_pair(pred, target, num_classes):
+    k = _check.integer("num_classes", num_classes, lo=1)
+    _check.labels("pred", pred, k)
+    _check.labels("target", target, k, shape=pred.shape)
+    return k
+
+
+def confusion_counts(pred, target, num_classes):
+    """(tp, fp, fn), each (K,) int64: per class c, voxels with pred == target == c,
+    pred == c != target, target == c != pred."""
+    k = _label_pair(pred, target, num_classes)
+    xp = _check.xp_of(pred)
+    p, t = pred.ravel().astype(np.int64), target.ravel().astype(np.int64)
+    tp = xp.bincount(t[p == t], minlength=k)
+    fp = xp.bincount(p, minlength=k) - tp
+    fn = xp.bincount(t, minlength=k) - tp
+    return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
+
+
+def _ratio(num, den):
+    """num / den as float64, NaN where den == 0 (a class absent from both maps)."""
+    xp = _check.xp_of(num)
+    return xp.where(den > 0, num / xp.maximum(den, 1), xp.nan).astype(F64)
+
+
+def dice_score(pred, target, num_classes):
+    """(K,) float64 Dice 2tp / (2tp + fp + fn) per class; NaN for a class absent from
+    both pred and target (use np.nanmean to average over the classes present)."""
+    tp, fp, fn = confusion_counts(pred, target, num_classes)
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def iou_score(pred, target, num_classes):
+    """(K,) float64 IoU (Jaccard) tp / (tp + fp + fn) per class; NaN for a class absent
+    from both pred and target."""
+    tp, fp, fn = confusion_counts(pred, target, num_classes)
+    return _ratio(tp, tp + fp + fn)
+
+
+# ---- optimizer updates (in place; float64 inside a step, stored back in the arrays' dtype)
+
+def _optim_arrays(**arrays):
+    """The first keyword is the parameter; the others must match its shape and dtype."""
+    (pname, p), *rest = arrays.items()
+    _check.array(pname, p)
+    for name, a in rest:
+        _check.array(name, a)
+        _check.same_device(name, a, pname, p)
+        _check.same_shape(name, a, pname, p)
+        _check.same_dtype(name, a, pname, p)
+
+
+def _decay(weight_decay, l1):
+    return _check.number("weight_decay", weight_decay, lo=0), _check.number("l1", l1, lo=0)
+
+
+def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+    """torch.optim.SGD (dampening 0) plus an L1 term. velocity starts at zeros, which
+    reproduces PyTorch's first step (buffer = g); it is untouched when momentum == 0."""
+    _optim_arrays(param=param, grad=grad, velocity=velocity)
+    lr = _check.number("lr", lr, lo=0, lo_open=True)
+    mu = _check.number("momentum", momentum, lo=0, hi=1, hi_open=True)
+    _check.choice("nesterov", nesterov, (False, True))
+    if nesterov and mu == 0:
+        raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0.0")
+    wd, l1 = _decay(weight_decay, l1)
+    xp = _check.xp_of(param)
+    p = param.astype(F64)
+    g = grad.astype(F64) + wd * p + l1 * xp.sign(p)
+    if mu:
+        buf = mu * velocity.astype(F64) + g
+        velocity[...] = buf
+        g = g + mu * buf if nesterov else buf
+    param[...] = p - lr * g
+
+
+def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, l1=0.0, decoupled=False):
+    """torch.optim.Adam (decoupled=False: weight decay added to the gradient) or AdamW
+    (decoupled=True: param *= 1 - lr*weight_decay before the step), plus an L1 term taken
+    at the (decayed) parameter. step is the 1-based index of this update; m, v start at 0."""
+    _optim_arrays(param=param, grad=grad, m=m, v=v)
+    step = _check.integer("step", step, lo=1)
+    lr = _check.number("lr", lr, lo=0, lo_open=True)
+    b1 = _check.number("beta1", beta1, lo=0, hi=1, hi_open=True)
+    b2 = _check.number("beta2", beta2, lo=0, hi=1, hi_open=True)
+    eps = _check.number("eps", eps, lo=0, lo_open=True)
+    wd, l1 = _decay(weight_decay, l1)
+    _check.choice("decoupled", decoupled, (False, True))
+    xp = _check.xp_of(param)
+    p = param.astype(F64)
+    if decoupled:
+        p = p * (1 - lr * wd)
+        g = grad.astype(F64) + l1 * xp.sign(p)
+    else:
+        g = grad.astype(F64) + wd * p + l1 * xp.sign(p)
+    m1 = b1 * m.astype(F64) + (1 - b1) * g
+    m2 = b2 * v.astype(F64) + (1 - b2) * g * g
+    # PyTorch's grouping: step_size = lr / bc1, denom = sqrt(v) / sqrt(bc2) + eps.
+    denom = xp.sqrt(m2) / np.sqrt(1 - b2**step) + eps
+    param[...] = p - (lr / (1 - b1**step)) * m1 / denom
+    m[...] = m1
+    v[...] = m2
+
+
+def penalty(param, l1=0.0, l2=0.0):
+    """l1 * sum|p| + (l2 / 2) * sum p^2. Its gradient l1 sign(p) + l2 p is what
+    sgd_update / adam_update add with l1=l1, weight_decay=l2 (both nonzero: elastic net)."""
+    _check.array("param", param)
+    l1 = _check.number("l1", l1, lo=0)
+    l2 = _check.number("l2", l2, lo=0)
+    xp = _check.xp_of(param)
+    p = param.astype(F64)
+    return l1 * float(xp.abs(p).sum()) + 0.5 * l2 * float((p * p).sum())
+
+
 __all__ = [
     "conv_forward", "conv_backward", "conv_transpose_forward", "conv_transpose_backward",
     "maxpool_forward", "maxpool_backward", "upsample_forward", "upsample_backward",
@@ -518,4 +837,7 @@ __all__ = [
     "leaky_relu_forward", "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
     "softmax_forward", "softmax_backward", "batchnorm_forward", "batchnorm_backward",
     "philox_uniform", "dropout_mask", "dropout_forward", "dropout_backward",
-] + list(_loss_names)
+    "bce_with_logits", "cross_entropy", "dice_loss", "binary_dice_loss", "dice_ce_loss", "dice_bce_loss",
+    "mse_loss", "l1_loss", "confusion_counts", "dice_score", "iou_score",
+    "sgd_update", "adam_update", "penalty",
+]
