@@ -244,15 +244,17 @@ def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
 def maxpool_forward(x, kernel=2, stride=None, padding=0):
     """-> (y, argmax). argmax (int64, shape of y) is the flat index of the maximum in
     x's spatial plane (PyTorch's convention). Ties keep the first maximum in window
-    order (row-major over the kernel); a NaN wins, as in PyTorch. Padding is -inf."""
+    order (row-major over the kernel); a NaN wins (the last one), as in PyTorch. Padding is -inf."""
     kernel, stride, padding, out = _maxpool_args(x, kernel, stride, padding)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding], constant_values=-np.inf)
     y = np.full(x.shape[:2] + out, -np.inf, dtype=x.dtype)
     arg = np.zeros(x.shape[:2] + out, dtype=np.int64)
     grids = np.meshgrid(*[np.arange(o) * s for o, s in zip(out, stride)], indexing="ij")
+    # before any tap wins (a window of -inf), argmax names the window's first real voxel
+    arg[...] = np.ravel_multi_index(tuple(np.maximum(g - p, 0) for g, p in zip(grids, padding)), x.shape[2:])
     for k in _taps(kernel):
         v = xp[(slice(None), slice(None)) + _window(k, (0,) * len(k), out, stride)]
-        take = (v > y) | (np.isnan(v) & ~np.isnan(y))
+        take = (v > y) | np.isnan(v)
         idx = np.ravel_multi_index(tuple(np.clip(g + kk - p, 0, n - 1) for g, kk, p, n in
                                          zip(grids, k, padding, x.shape[2:])), x.shape[2:])
         y = np.where(take, v, y)
@@ -335,8 +337,7 @@ def upsample_backward(dy, x_shape, scale=2, mode="nearest"):
 # ---- concatenation
 
 
-def concat_forward(xs):
-    """Concatenate along channels: (N, C1, *S), (N, C2, *S), ... -> (N, C1+C2+..., *S)."""
+def _check_concat_inputs(xs):
     if not isinstance(xs, (list, tuple)) or len(xs) < 1:
         raise TypeError(f"xs: expected a non-empty list of arrays, got {type(xs).__name__}")
     for i, a in enumerate(xs):
@@ -345,6 +346,11 @@ def concat_forward(xs):
         if a.ndim != xs[0].ndim or a.shape[0] != xs[0].shape[0] or a.shape[2:] != xs[0].shape[2:]:
             raise ValueError(f"xs[{i}]: expected shape (N, C, *S) = ({xs[0].shape[0]}, C, "
                              f"{', '.join(map(str, xs[0].shape[2:]))}) like xs[0], got {tuple(a.shape)}")
+
+
+def concat_forward(xs):
+    """Concatenate along channels: (N, C1, *S), (N, C2, *S), ... -> (N, C1+C2+..., *S)."""
+    _check_concat_inputs(xs)
     return np.concatenate(xs, axis=1)
 
 

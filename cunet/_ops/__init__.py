@@ -1,0 +1,1 @@
+"""Implementation of cunet.ops, one module per kernel family; `_ops.core` dispatches."""

@@ -1,0 +1,74 @@
+"""Convolution and transposed convolution: kernels/conv.cuh."""
+import numpy as np
+
+from cunet import _check
+from cunet._ops.core import coop, empty, f32, lift, loop, register, run
+from cunet.reference import _conv_args, _conv_backward_args, _conv_transpose_args
+
+register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum")
+
+
+def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
+    """The 21 CUNET_CONV_DIMS of kernels/conv.cuh for a conv x -> out with co output channels."""
+    n, ci = x_shape[:2]
+    return (n, ci, co, *lift(x_shape[2:], 1), *lift(out, 1), *lift(w_shape[2:], 1),
+            *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1))
+
+
+def _f32_all(**arrays):
+    for name, a in arrays.items():
+        if a is not None:
+            f32(name, a)
+
+
+def channel_sum(x):
+    """(N, C, *S) -> (C,): the bias gradient of dy."""
+    n, c = x.shape[:2]
+    s = int(np.prod(x.shape[2:], dtype=np.int64))
+    out = empty(x, (c,))
+    run("channel_sum", coop(c), n, c, s, x, out)
+    return out
+
+
+def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1):
+    stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
+    _f32_all(x=x, w=w, b=b)
+    y = empty(x, (x.shape[0], w.shape[0]) + out)
+    run("conv_forward", loop(y.size), *_dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation), x, w, b, y)
+    return y
+
+
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1):
+    stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
+    _f32_all(dy=dy, x=x, w=w)
+    _check.same_device("dy", dy, "x", x)
+    dims = _dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation)
+    dx, dw = empty(x, x.shape), empty(x, w.shape)
+    run("conv_backward_data", loop(x.size), *dims, dy, w, None, dx)
+    run("conv_backward_weight", coop(w.size), *dims, dy, x, dw)
+    return dx, dw, channel_sum(dy)
+
+
+def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
+    """The input gradient of the conv out -> x whose weight is w (Ci, Co, *k) read as (Co', Ci')."""
+    stride, padding, output_padding, out = _conv_transpose_args(x, w, b, stride, padding, output_padding)
+    _f32_all(x=x, w=w, b=b)
+    y = empty(x, (x.shape[0], w.shape[1]) + out)
+    dims = _dims(y.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
+    run("conv_backward_data", loop(y.size), *dims, x, w, b, y)
+    return y
+
+
+def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
+    stride, padding, output_padding, out = _conv_transpose_args(x, w, None, stride, padding, output_padding)
+    _check.array("dy", dy, ndim=x.ndim)
+    want = (x.shape[0], w.shape[1]) + out
+    if tuple(dy.shape) != want:
+        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
+    _f32_all(dy=dy, x=x, w=w)
+    _check.same_device("dy", dy, "x", x)
+    dims = _dims(dy.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
+    dx, dw = empty(x, x.shape), empty(x, w.shape)
+    run("conv_forward", loop(x.size), *dims, dy, w, None, dx)
+    run("conv_backward_weight", coop(w.size), *dims, x, dy, dw)
+    return dx, dw, channel_sum(dy)

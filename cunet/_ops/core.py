@@ -1,0 +1,135 @@
+"""Dispatch of a kernel call to the device the arrays live on.
+
+    run(name, geometry, *args)
+
+`args` are the kernel's own parameters in order: arrays (passed as pointers) and
+Python ints (int64_t) / floats (float). NumPy arrays go to cunet._native, whose
+launcher of the same name picks its own host geometry; CuPy arrays go to the kernel
+of that name in the family's RawModule, compiled by NVRTC, launched with `geometry`:
+
+    loop(n)    grid-stride loop kernel over n items
+    coop(g)    cooperative kernel: g blocks of K_BLOCK threads (kernels/portable.cuh kBlock)
+"""
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+K_BLOCK = 256               # must equal cunet::kBlock in kernels/portable.cuh
+NVRTC_OPTIONS = ("-std=c++17",)   # the CuPy path's options; the compile tests use exactly these
+
+# kernel name -> family (file kernels/<family>.cuh); filled by the family modules
+FAMILY = {}
+
+
+def register(family, *names):
+    for n in names:
+        FAMILY[n] = family
+
+
+def kernel_dir():
+    """kernels/ of an installed package, or of the source tree for an editable install."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / "portable.cuh").exists():
+            return d
+    raise FileNotFoundError(f"cunet kernels not found next to {here}")
+
+
+def source(family):
+    """kernels/<family>.cuh with every `#include "x.cuh"` pasted in once, so the text
+    handed to NVRTC (and CuPy's cache key) changes whenever any included header does."""
+    seen = set()
+
+    def paste(name):
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (kernel_dir() / name).read_text()
+        text = text.replace("#pragma once", "")
+        return re.sub(r'#include\s+"([^"]+)"', lambda m: paste(m.group(1)), text)
+
+    return paste(f"{family}.cuh")
+
+
+@functools.lru_cache(maxsize=None)
+def module(family):
+    import cupy
+    return cupy.RawModule(code=source(family), options=NVRTC_OPTIONS)
+
+
+def loop(n):
+    return (max(1, min((int(n) + K_BLOCK - 1) // K_BLOCK, 65535 * 8)), K_BLOCK)
+
+
+def coop(g):
+    return (max(1, int(g)), K_BLOCK)
+
+
+@functools.lru_cache(maxsize=None)
+def native():
+    from cunet import _native
+    return _native
+
+
+def is_cupy(a):
+    return type(a).__module__.startswith("cupy")
+
+
+def run(name, geometry, *args):
+    first = next(a for a in args if hasattr(a, "dtype") and hasattr(a, "shape"))
+    if not is_cupy(first):
+        getattr(native(), name)(*[a.ctypes.data if isinstance(a, np.ndarray) else 0 if a is None else a for a in args])
+        return
+    grid, block = geometry
+    conv = []
+    for a in args:
+        if is_cupy(a):
+            conv.append(a)
+        elif isinstance(a, (bool, np.bool_)):
+            conv.append(np.int64(a))
+        elif isinstance(a, (int, np.integer)):
+            conv.append(np.int64(a))
+        elif isinstance(a, (float, np.floating)):
+            conv.append(np.float32(a))
+        elif a is None:
+            conv.append(np.uint64(0))   # a null pointer
+        else:
+            raise TypeError(f"cannot pass {type(a).__name__} to kernel {name}")
+    module(FAMILY[name]).get_function(name)((grid,), (block,), tuple(conv))
+
+
+def empty(like, shape, dtype=np.float32):
+    """A new array on the device of `like`."""
+    if is_cupy(like):
+        import cupy
+        return cupy.empty(shape, dtype)
+    return np.empty(shape, dtype)
+
+
+def zeros(like, shape, dtype=np.float32):
+    if is_cupy(like):
+        import cupy
+        return cupy.zeros(shape, dtype)
+    return np.zeros(shape, dtype)
+
+
+def f32(name, a):
+    """Kernels take contiguous float32: reject anything else with a clear error."""
+    if a.dtype != np.float32:
+        raise TypeError(f"{name}: cunet.ops kernels take float32, got {a.dtype} (cunet.reference takes float64)")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray)")
+    return a
+
+
+def set_emulate_blocks(on):
+    """Host build: run cooperative kernels through the fiber block emulation with their
+    GPU block size (slow; tests) instead of one thread per block (fast)."""
+    native().set_emulate_blocks(bool(on))
+
+
+def lift(v, fill):
+    """2D sizes -> 3D: the kernels treat 2D as a D axis of size (or step) `fill`."""
+    return (fill,) + tuple(v) if len(v) == 2 else tuple(v)

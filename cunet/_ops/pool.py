@@ -1,0 +1,36 @@
+"""Max pooling: kernels/pool.cuh."""
+import numpy as np
+
+from cunet import _check
+from cunet._ops.core import empty, f32, lift, loop, register, run, zeros
+from cunet.reference import _maxpool_args, _shape_arg
+
+register("pool", "maxpool_forward", "maxpool_backward")
+
+
+def maxpool_forward(x, kernel=2, stride=None, padding=0):
+    kernel, stride, padding, out = _maxpool_args(x, kernel, stride, padding)
+    f32("x", x)
+    y = empty(x, x.shape[:2] + out)
+    argmax = empty(x, y.shape, np.int64)
+    run("maxpool_forward", loop(y.size), x.shape[0] * x.shape[1], *lift(x.shape[2:], 1), *lift(out, 1),
+        *lift(kernel, 1), *lift(stride, 1), *lift(padding, 0), x, y, argmax)
+    return y, argmax
+
+
+def maxpool_backward(dy, argmax, x_shape):
+    x_shape = _shape_arg("x_shape", x_shape)
+    _check.array("dy", dy, ndim=len(x_shape))
+    f32("dy", dy)
+    _check.array("argmax", argmax, dtype=np.int64)
+    _check.same_shape("argmax", argmax, "dy", dy)
+    _check.same_device("argmax", argmax, "dy", dy)
+    if tuple(dy.shape[:2]) != x_shape[:2]:
+        raise ValueError(f"dy: expected batch and channels {x_shape[:2]} (from x_shape), got {tuple(dy.shape[:2])}")
+    plane = int(np.prod(x_shape[2:]))
+    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
+        raise ValueError(f"argmax: values must lie in [0, {plane}), found {int(argmax.min())}..{int(argmax.max())}")
+    dx = zeros(dy, x_shape)
+    nc = x_shape[0] * x_shape[1]
+    run("maxpool_backward", loop(dy.size), nc, plane, dy.size // max(nc, 1), dy, argmax, dx)
+    return dx

@@ -1,0 +1,66 @@
+// pool.cuh: max pooling, 3D with 2D as D = 1, PyTorch semantics.
+//
+// Layouts: x (N, C, D, H, W), y and argmax (N, C, Do, Ho, Wo); argmax is the flat index
+// of the winner in x's (D, H, W) plane, int64 as in PyTorch. Padding is -inf; ties keep
+// the first maximum in window order; a NaN wins (the last one), as in PyTorch.
+//
+// Entry points (loop kernels):
+//   maxpool_forward(N*C, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, x, y, argmax)
+//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)   dx must be zeroed; scatter by
+//       atomicAdd, so overlapping windows (stride < kernel) sum in an unspecified order
+#pragma once
+#include "portable.cuh"
+
+// ---- kernels
+
+extern "C" __global__ void maxpool_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t Do, int64_t Ho,
+                                           int64_t Wo, int64_t KD, int64_t KH, int64_t KW, int64_t SD, int64_t SH,
+                                           int64_t SW, int64_t PD, int64_t PH, int64_t PW,
+                                           const float* __restrict__ x, float* __restrict__ y,
+                                           int64_t* __restrict__ argmax) {
+    CUNET_LOOP(i, NC * Do * Ho * Wo) {
+        const int64_t ox = i % Wo, oy = (i / Wo) % Ho, oz = (i / (Wo * Ho)) % Do, nc = i / (Wo * Ho * Do);
+        const int64_t z0 = oz * SD - PD, y0 = oy * SH - PH, x0 = ox * SW - PW;
+        const float* xc = x + nc * D * H * W;
+        float best = cunet::neg_inf();
+        int64_t arg = ((z0 > 0 ? z0 : 0) * H + (y0 > 0 ? y0 : 0)) * W + (x0 > 0 ? x0 : 0);
+        for (int64_t iz = z0; iz < z0 + KD; ++iz) {
+            if (iz < 0 || iz >= D) continue;
+            for (int64_t iy = y0; iy < y0 + KH; ++iy) {
+                if (iy < 0 || iy >= H) continue;
+                for (int64_t ix = x0; ix < x0 + KW; ++ix) {
+                    if (ix < 0 || ix >= W) continue;
+                    const int64_t at = (iz * H + iy) * W + ix;
+                    const float v = xc[at];
+                    if (v > best || v != v) { best = v; arg = at; }
+                }
+            }
+        }
+        y[i] = best;
+        argmax[i] = arg;
+    }
+}
+
+extern "C" __global__ void maxpool_backward(int64_t NC, int64_t plane, int64_t out_plane,
+                                            const float* __restrict__ dy, const int64_t* __restrict__ argmax,
+                                            float* __restrict__ dx) {
+    CUNET_LOOP(i, NC * out_plane) { atomicAdd(dx + (i / out_plane) * plane + argmax[i], dy[i]); }
+}
+
+// ---- launchers
+#if !defined(__CUDACC_RTC__)
+namespace cunet {
+
+inline void maxpool_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t Do, int64_t Ho, int64_t Wo,
+                            int64_t KD, int64_t KH, int64_t KW, int64_t SD, int64_t SH, int64_t SW, int64_t PD,
+                            int64_t PH, int64_t PW, const float* x, float* y, int64_t* argmax, Stream s = 0) {
+    CUNET_LAUNCH_LOOP(::maxpool_forward, NC * Do * Ho * Wo, s, NC, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW,
+                      PD, PH, PW, x, y, argmax);
+}
+inline void maxpool_backward(int64_t NC, int64_t plane, int64_t out_plane, const float* dy, const int64_t* argmax,
+                             float* dx, Stream s = 0) {
+    CUNET_LAUNCH_LOOP(::maxpool_backward, NC * out_plane, s, NC, plane, out_plane, dy, argmax, dx);
+}
+
+}  // namespace cunet
+#endif

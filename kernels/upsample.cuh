@@ -1,0 +1,120 @@
+// upsample.cuh: nearest and linear (bilinear/trilinear, align_corners=False) upsampling by
+// integer factors, 3D with 2D as D = 1 (SD = 1). PyTorch semantics.
+//
+// Layouts: x (N*C, D, H, W), y (N*C, D*SD, H*SH, W*SW).
+// Linear: output o along an axis samples src = max((o + 0.5)/s - 0.5, 0); i0 = floor(src),
+// i1 = min(i0 + 1, n - 1), weights 1 - l and l with l = src - i0.
+//
+// Entry points (loop kernels; backward passes gather, no atomics):
+//   upsample_nearest_forward(NC, D, H, W, SD, SH, SW, x, y)
+//   upsample_nearest_backward(NC, D, H, W, SD, SH, SW, dy, dx)
+//   upsample_linear_forward(NC, D, H, W, SD, SH, SW, x, y)
+//   upsample_linear_backward(NC, D, H, W, SD, SH, SW, dy, dx)
+#pragma once
+#include "portable.cuh"
+
+// ---- kernels
+
+__device__ __forceinline__ void linear_taps(int64_t o, int64_t s, int64_t n, int64_t& i0, int64_t& i1, float& l) {
+    float src = ((float)o + 0.5f) / (float)s - 0.5f;
+    src = src > 0.0f ? src : 0.0f;
+    i0 = (int64_t)src;
+    if (i0 > n - 1) i0 = n - 1;
+    i1 = i0 + 1 < n ? i0 + 1 : n - 1;
+    l = src - (float)i0;
+}
+
+// Weight of input i in output o along one axis (0 when o does not read i).
+__device__ __forceinline__ float linear_weight(int64_t o, int64_t i, int64_t s, int64_t n) {
+    int64_t i0, i1;
+    float l;
+    linear_taps(o, s, n, i0, i1, l);
+    return (i0 == i ? 1.0f - l : 0.0f) + (i1 == i ? l : 0.0f);
+}
+
+extern "C" __global__ void upsample_nearest_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD,
+                                                    int64_t SH, int64_t SW, const float* __restrict__ x,
+                                                    float* __restrict__ y) {
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+    CUNET_LOOP(i, NC * Do * Ho * Wo) {
+        const int64_t ox = i % Wo, oy = (i / Wo) % Ho, oz = (i / (Wo * Ho)) % Do, nc = i / (Wo * Ho * Do);
+        y[i] = x[((nc * D + oz / SD) * H + oy / SH) * W + ox / SW];
+    }
+}
+
+extern "C" __global__ void upsample_nearest_backward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD,
+                                                     int64_t SH, int64_t SW, const float* __restrict__ dy,
+                                                     float* __restrict__ dx) {
+    const int64_t Ho = H * SH, Wo = W * SW;
+    CUNET_LOOP(i, NC * D * H * W) {
+        const int64_t ix = i % W, iy = (i / W) % H, iz = (i / (W * H)) % D, nc = i / (W * H * D);
+        float acc = 0.0f;
+        for (int64_t a = 0; a < SD; ++a)
+            for (int64_t b = 0; b < SH; ++b)
+                for (int64_t c = 0; c < SW; ++c)
+                    acc += dy[((nc * D * SD + iz * SD + a) * Ho + iy * SH + b) * Wo + ix * SW + c];
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void upsample_linear_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD,
+                                                   int64_t SH, int64_t SW, const float* __restrict__ x,
+                                                   float* __restrict__ y) {
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+    CUNET_LOOP(i, NC * Do * Ho * Wo) {
+        const int64_t ox = i % Wo, oy = (i / Wo) % Ho, oz = (i / (Wo * Ho)) % Do, nc = i / (Wo * Ho * Do);
+        int64_t z[2], r[2], c[2];
+        float lz, ly, lx;
+        linear_taps(oz, SD, D, z[0], z[1], lz);
+        linear_taps(oy, SH, H, r[0], r[1], ly);
+        linear_taps(ox, SW, W, c[0], c[1], lx);
+        const float wz[2] = {1.0f - lz, lz}, wy[2] = {1.0f - ly, ly}, wx[2] = {1.0f - lx, lx};
+        const float* xc = x + nc * D * H * W;
+        float acc = 0.0f;
+        for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b)
+                for (int d = 0; d < 2; ++d) acc += wz[a] * wy[b] * wx[d] * xc[(z[a] * H + r[b]) * W + c[d]];
+        y[i] = acc;
+    }
+}
+
+// Input i along an axis is read only by outputs in [(i-1)s, (i+2)s): gather over those.
+extern "C" __global__ void upsample_linear_backward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD,
+                                                    int64_t SH, int64_t SW, const float* __restrict__ dy,
+                                                    float* __restrict__ dx) {
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+    CUNET_LOOP(i, NC * D * H * W) {
+        const int64_t ix = i % W, iy = (i / W) % H, iz = (i / (W * H)) % D, nc = i / (W * H * D);
+        const float* dyc = dy + nc * Do * Ho * Wo;
+        float acc = 0.0f;
+        for (int64_t oz = (iz - 1) * SD > 0 ? (iz - 1) * SD : 0; oz < Do && oz < (iz + 2) * SD; ++oz) {
+            const float wz = linear_weight(oz, iz, SD, D);
+            if (wz == 0.0f) continue;
+            for (int64_t oy = (iy - 1) * SH > 0 ? (iy - 1) * SH : 0; oy < Ho && oy < (iy + 2) * SH; ++oy) {
+                const float wy = linear_weight(oy, iy, SH, H);
+                if (wy == 0.0f) continue;
+                for (int64_t ox = (ix - 1) * SW > 0 ? (ix - 1) * SW : 0; ox < Wo && ox < (ix + 2) * SW; ++ox)
+                    acc += wz * wy * linear_weight(ox, ix, SW, W) * dyc[(oz * Ho + oy) * Wo + ox];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+// ---- launchers
+#if !defined(__CUDACC_RTC__)
+namespace cunet {
+
+#define CUNET_UPSAMPLE_LAUNCHER(name, count)                                                               \
+    inline void name(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH, int64_t SW,     \
+                     const float* in, float* out, Stream s = 0) {                                         \
+        CUNET_LAUNCH_LOOP(::name, count, s, NC, D, H, W, SD, SH, SW, in, out);                            \
+    }
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_forward, NC * D * SD * H * SH * W * SW)
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_backward, NC * D * H * W)
+CUNET_UPSAMPLE_LAUNCHER(upsample_linear_forward, NC * D * SD * H * SH * W * SW)
+CUNET_UPSAMPLE_LAUNCHER(upsample_linear_backward, NC * D * H * W)
+#undef CUNET_UPSAMPLE_LAUNCHER
+
+}  // namespace cunet
+#endif

@@ -1,0 +1,54 @@
+"""Shared test fixtures: the devices to run ops on, and the host block mode.
+
+`gpu` tests run only where CuPy finds a CUDA device; everything else runs on the host
+build of the kernels. `block_mode` runs a cooperative kernel both ways the host can:
+one thread per block ("loops", the fast path) and the GPU block size through the fiber
+block emulation ("emulated"), so the shared-memory/shuffle code is executed here too.
+"""
+import numpy as np
+import pytest
+
+
+def _gpu_available():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+GPU = _gpu_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA device (CuPy found none)")
+    for item in items:
+        if "gpu" in item.keywords and not GPU:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["loops", "emulated"])
+def block_mode(request):
+    from cunet import ops
+    ops.set_emulate_blocks(request.param == "emulated")
+    yield request.param
+    ops.set_emulate_blocks(False)
+
+
+def to_device(a, device):
+    """numpy array -> the array type of `device` ("cpu" or "cuda")."""
+    if device == "cpu":
+        return a
+    import cupy
+    return cupy.asarray(a)
+
+
+def to_numpy(a):
+    if isinstance(a, np.ndarray) or np.isscalar(a):
+        return a
+    import cupy
+    return cupy.asnumpy(a)
+
+
+# every ops-vs-reference test runs on the host; the cuda copy is marked gpu
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

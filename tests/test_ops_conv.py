@@ -1,0 +1,95 @@
+"""cunet.ops conv and transposed conv (kernels/conv.cuh) against cunet.reference."""
+import numpy as np
+import pytest
+
+from conftest import DEVICES, to_device, to_numpy
+from cunet import ops, reference as R
+
+rng = np.random.default_rng(2)
+
+
+def close(got, want, k):
+    """float32 sums of k products of O(1) terms: error ~ sqrt(k) ulp; 1e-5*sqrt(k) leaves room."""
+    tol = 1e-5 * max(1.0, np.sqrt(k))
+    np.testing.assert_allclose(to_numpy(got), want, rtol=tol, atol=tol)
+
+
+# (spatial, batch, ci, co, kernel, stride, padding, dilation)
+CONV = [
+    ((7, 9), 1, 3, 5, 3, 1, 1, 1),
+    ((8, 7), 3, 5, 3, 3, 2, 1, 1),
+    ((9, 6), 1, 17, 2, 2, 2, 0, 1),
+    ((6, 7), 3, 3, 7, 1, 1, 0, 1),
+    ((7, 7), 1, 2, 3, 3, 1, 2, 2),
+    ((5, 7, 6), 1, 3, 5, 3, 1, 1, 1),
+    ((7, 5, 6), 3, 5, 3, 3, 2, 1, 1),
+    ((6, 6, 5), 1, 3, 2, 2, 2, 0, 1),
+    ((5, 5, 5), 3, 2, 3, 1, 1, 0, 1),
+    ((6, 5, 7), 1, 3, 2, (1, 3, 2), (1, 2, 1), (0, 1, 0), 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CONV, ids=str)
+def test_conv_matches_reference(case, device, block_mode):
+    sz, n, ci, co, k, s, p, d = case
+    kk = (k,) * len(sz) if isinstance(k, int) else k
+    x = rng.standard_normal((n, ci) + sz).astype(np.float32)
+    w = rng.standard_normal((co, ci) + kk).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    X, W, B = (to_device(a, device) for a in (x, w, b))
+    y = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, p, d)
+    taps = ci * int(np.prod(kk))
+    close(ops.conv_forward(X, W, B, s, p, d), y, taps)
+    close(ops.conv_forward(X, W, None, s, p, d), y - b.reshape((1, -1) + (1,) * len(sz)), taps)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    want = R.conv_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), s, p, d)
+    got = ops.conv_backward(to_device(dy, device), X, W, s, p, d)
+    close(got[0], want[0], co * int(np.prod(kk)))
+    close(got[1], want[1], dy[:, 0].size)
+    close(got[2], want[2], dy[:, 0].size)
+
+
+CONVT = [
+    ((4, 5), 1, 3, 5, 2, 2, 0, 0),
+    ((5, 3), 3, 5, 3, 3, 2, 1, 1),
+    ((3, 4), 1, 17, 3, 3, 1, 1, 0),
+    ((3, 3), 3, 2, 2, 3, 3, 0, 2),
+    ((3, 4, 5), 1, 3, 5, 2, 2, 0, 0),
+    ((3, 3, 2), 3, 3, 2, 3, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CONVT, ids=str)
+def test_conv_transpose_matches_reference(case, device, block_mode):
+    sz, n, ci, co, k, s, p, op = case
+    x = rng.standard_normal((n, ci) + sz).astype(np.float32)
+    w = rng.standard_normal((ci, co) + (k,) * len(sz)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    X, W, B = (to_device(a, device) for a in (x, w, b))
+    y = R.conv_transpose_forward(*(a.astype(np.float64) for a in (x, w, b)), s, p, op)
+    close(ops.conv_transpose_forward(X, W, B, s, p, op), y, ci * k ** len(sz))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    want = R.conv_transpose_backward(*(a.astype(np.float64) for a in (dy, x, w)), s, p, op)
+    got = ops.conv_transpose_backward(to_device(dy, device), X, W, s, p, op)
+    close(got[0], want[0], co * k ** len(sz))
+    close(got[1], want[1], x[:, 0].size)
+    close(got[2], want[2], dy[:, 0].size)
+
+
+def test_conv_ops_errors_match_reference():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    for fn in (R.conv_forward, ops.conv_forward):
+        with pytest.raises(ValueError, match="w: expected 2 input channels"):
+            fn(x, np.zeros((3, 4, 3, 3), np.float32))
+        with pytest.raises(ValueError, match="w: kernel extent 7"):
+            fn(x, np.zeros((3, 2, 7, 7), np.float32))
+    with pytest.raises(TypeError, match="x: cunet.ops kernels take float32, got float64"):
+        ops.conv_forward(x.astype(np.float64), w.astype(np.float64))
+    with pytest.raises(ValueError, match=r"dy: expected shape \(1, 5, 6, 6\)"):
+        ops.conv_transpose_backward(np.zeros((1, 5, 5, 5), np.float32), np.zeros((1, 2, 3, 3), np.float32),
+                                    np.zeros((2, 5, 2, 2), np.float32), stride=2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.conv_forward(np.zeros((1, 2, 5, 10), np.float32)[..., ::2], w)
