@@ -12,3 +12,5 @@ from cunet._ops.core import set_emulate_blocks  # noqa: F401
 from cunet._ops.pool import *  # noqa: F401,F403,E402
 from cunet._ops.upsample import *  # noqa: F401,F403,E402
 from cunet._ops.concat import *  # noqa: F401,F403,E402
+from cunet._ops.loss import *  # noqa: F401,F403,E402
+from cunet._ops.metrics import *  # noqa: F401,F403,E402

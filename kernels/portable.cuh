@@ -247,7 +247,7 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 namespace cunet {
 
-constexpr int kBlock = 256;   // threads per block of the cooperative kernels on the GPU
+[[maybe_unused]] constexpr int kBlock = 256;   // threads per block of the cooperative kernels on the GPU
 
 // Per-thread accumulator of the reductions: float on the GPU (many threads, short
 // sums each), double on the host, where one thread may sum a whole channel.
@@ -307,7 +307,7 @@ inline void check_launch(const char* what) {
 #else
 using Stream = void*;
 #define CUNET_LAUNCH(kernel, grid, block, stream, ...) \
-    ::cunet::host::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
+    do { (void)(stream); ::cunet::host::launch((grid), (block), [&]() { kernel(__VA_ARGS__); }); } while (0)
 #endif
 
 // Host-side switch: run the cooperative kernels with their GPU block size through the
