@@ -14,3 +14,6 @@ from cunet._ops.upsample import *  # noqa: F401,F403,E402
 from cunet._ops.concat import *  # noqa: F401,F403,E402
 from cunet._ops.loss import *  # noqa: F401,F403,E402
 from cunet._ops.metrics import *  # noqa: F401,F403,E402
+from cunet._ops.norm import *  # noqa: F401,F403,E402
+from cunet._ops.dropout import *  # noqa: F401,F403,E402
+from cunet._ops.optim import *  # noqa: F401,F403,E402

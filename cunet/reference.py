@@ -129,15 +129,18 @@ def _upsample_args(x_shape, scale, mode):
     return scale, tuple(n * s for n, s in zip(x_shape[2:], scale))
 
 
-def _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps):
+def _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps,
+                    names=("gamma", "beta", "running_mean", "running_var")):
     _check.image("x", x)
+    if x.size == 0:
+        raise ValueError(f"x: expected a non-empty array, got shape {tuple(x.shape)}")
     c = x.shape[1]
-    for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if a is None and name.startswith("running"):
+    for name, a in zip(names, (gamma, beta, running_mean, running_var)):
+        if a is None and name in ("running_mean", "running_var"):
             continue
         _check.array(name, a, ndim=1)
         _check.same_dtype(name, a, "x", x)
+        _check.same_device(name, a, "x", x)
         if a.shape[0] != c:
             raise ValueError(f"{name}: expected shape ({c},) (the channels of x), got {tuple(a.shape)}")
     _check.number("momentum", momentum, 0.0, 1.0)
@@ -449,7 +452,7 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
     """-> (dx, dgamma, dbeta). Training mode differentiates through the batch statistics."""
     _check.image("dy", dy)
     _check.same_shape("x", x, "dy", dy)
-    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0)
+    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0, names=("gamma", "mean", "invstd", "running_var"))
     axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, -1) + (1,) * (x.ndim - 2)
     xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
@@ -825,6 +828,12 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     v[...] = m2
 
 
+def sum_squares(x):
+    """sum of x**2 (the squared global norm used for gradient clipping), as a float."""
+    _check.array("x", x)
+    return float((x.astype(F64) ** 2).sum())
+
+
 def penalty(param, l1=0.0, l2=0.0):
     """l1 * sum|p| + (l2 / 2) * sum p^2. Its gradient l1 sign(p) + l2 p is what
     sgd_update / adam_update add with l1=l1, weight_decay=l2 (both nonzero: elastic net)."""
@@ -845,5 +854,5 @@ __all__ = [
     "philox_uniform", "dropout_mask", "dropout_forward", "dropout_backward",
     "bce_with_logits", "cross_entropy", "dice_loss", "binary_dice_loss", "dice_ce_loss", "dice_bce_loss",
     "mse_loss", "l1_loss", "confusion_counts", "dice_score", "iou_score",
-    "sgd_update", "adam_update", "penalty",
+    "sgd_update", "adam_update", "penalty", "sum_squares",
 ]

@@ -70,3 +70,20 @@ def test_portable_block_emulation_selftest(tmp_path):
                    cwd=ROOT, check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_single_header_cpp_program(tmp_path):
+    """kernels/cunet.cuh compiles as one C++ translation unit (host build) and runs."""
+    exe = tmp_path / "single_header"
+    subprocess.run(["g++", "-O1", "-std=c++20", "-fopenmp", "tests/cpp/single_header.cpp", "-o", str(exe)],
+                   cwd=ROOT, check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+def test_single_header_compiles_with_nvcc():
+    """The same header as one CUDA translation unit: every family together, both archs."""
+    cmd = ["nvcc", "-std=c++17", "-x", "cu", "-c", "kernels/cunet.cuh", "-o", "/dev/null",
+           *[f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

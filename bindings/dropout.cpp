@@ -1,0 +1,9 @@
+#include "bind.h"
+#include "../kernels/dropout.cuh"
+
+void cunet::bind_dropout(py::module_& m) {
+    CUNET_DEF(dropout_forward, [](int64_t n, P x, P y, float p, int64_t seed_lo, int64_t seed_hi) {
+        cunet::dropout_forward(n, cf(x), f(y), p, seed_lo, seed_hi); });
+    CUNET_DEF(dropout_backward, [](int64_t n, P dy, P dx, float p, int64_t seed_lo, int64_t seed_hi) {
+        cunet::dropout_backward(n, cf(dy), f(dx), p, seed_lo, seed_hi); });
+}

@@ -1,0 +1,57 @@
+"""Batch norm: kernels/norm.cuh."""
+import numpy as np
+
+from cunet import _check
+from cunet._ops.core import coop, empty, f32, loop, register, run
+from cunet.reference import _batchnorm_args
+
+register("norm", "batchnorm_stats", "batchnorm_eval_stats", "batchnorm_normalize",
+         "batchnorm_backward_reduce", "batchnorm_backward_data")
+
+__all__ = ["batchnorm_forward", "batchnorm_backward"]
+
+
+def _kernel_arrays(x, **arrays):
+    """float32, C-contiguous, on x's device; None (an absent running stat) passes."""
+    f32("x", x)
+    if x.size == 0:   # an empty channel has no statistics (the reference returns NaN)
+        raise ValueError(f"x: expected a non-empty array, got shape {tuple(x.shape)}")
+    for name, a in arrays.items():
+        if a is not None:
+            f32(name, a)
+            _check.same_device(name, a, "x", x)
+
+
+def _ncs(x):
+    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
+
+
+def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean: eval mode (training=False) needs running_mean and running_var")
+    _kernel_arrays(x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    n, c, s = _ncs(x)
+    mean, invstd = empty(x, (c,)), empty(x, (c,))
+    if training:
+        # 0: a null pointer (core.run's host path does not map None to one)
+        run("batchnorm_stats", coop(c), n, c, s, x, mean, invstd, 0 if running_mean is None else running_mean,
+            0 if running_var is None else running_var, float(momentum), float(eps))
+    else:
+        run("batchnorm_eval_stats", loop(c), c, running_mean, running_var, mean, invstd, float(eps))
+    y = empty(x, x.shape)
+    run("batchnorm_normalize", loop(x.size), n, c, s, x, mean, invstd, gamma, beta, y)
+    return y, mean, invstd
+
+
+def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
+    _check.image("dy", dy)
+    _check.same_shape("x", x, "dy", dy)
+    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0)
+    _kernel_arrays(x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+    n, c, s = _ncs(x)
+    dgamma, dbeta, dx = empty(x, (c,)), empty(x, (c,)), empty(x, x.shape)
+    run("batchnorm_backward_reduce", coop(c), n, c, s, dy, x, mean, invstd, dgamma, dbeta)
+    run("batchnorm_backward_data", loop(x.size), n, c, s, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
+        int(bool(training)))
+    return dx, dgamma, dbeta

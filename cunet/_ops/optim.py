@@ -1,0 +1,71 @@
+"""Optimizer updates and parameter norms: kernels/optim.cuh."""
+import math
+
+from cunet import _check
+from cunet._ops.core import coop, empty, f32, is_cupy, loop, register, run
+from cunet.reference import _decay, _optim_arrays
+
+register("optim", "sgd_update", "adam_update", "norms_partials", "norms_finalize")
+
+__all__ = ["sgd_update", "adam_update", "penalty", "sum_squares"]
+
+
+def _f32(**arrays):
+    for name, a in arrays.items():
+        f32(name, a)
+
+
+def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+    _optim_arrays(param=param, grad=grad, velocity=velocity)
+    lr = _check.number("lr", lr, lo=0, lo_open=True)
+    mu = _check.number("momentum", momentum, lo=0, hi=1, hi_open=True)
+    _check.choice("nesterov", nesterov, (False, True))
+    if nesterov and mu == 0:
+        raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0.0")
+    wd, l1 = _decay(weight_decay, l1)
+    _f32(param=param, grad=grad, velocity=velocity)
+    run("sgd_update", loop(param.size), param.size, param, grad, velocity, lr, mu, int(nesterov), wd, l1)
+
+
+def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, l1=0.0, decoupled=False):
+    _optim_arrays(param=param, grad=grad, m=m, v=v)
+    step = _check.integer("step", step, lo=1)
+    lr = _check.number("lr", lr, lo=0, lo_open=True)
+    b1 = _check.number("beta1", beta1, lo=0, hi=1, hi_open=True)
+    b2 = _check.number("beta2", beta2, lo=0, hi=1, hi_open=True)
+    eps = _check.number("eps", eps, lo=0, lo_open=True)
+    wd, l1 = _decay(weight_decay, l1)
+    _check.choice("decoupled", decoupled, (False, True))
+    _f32(param=param, grad=grad, m=m, v=v)
+    run("adam_update", loop(param.size), param.size, param, grad, m, v, lr, 1 - b1, 1 - b2, eps, wd, l1,
+        int(decoupled), 1 - b1 ** step, math.sqrt(1 - b2 ** step))
+
+
+def _norms_grid(n):
+    """Blocks of norms_partials: cunet::norms_grid in kernels/optim.cuh."""
+    return max(1, min((n + 4095) // 4096, 1024))
+
+
+def _norms(x, w_abs, w_sq):
+    """w_abs * sum|x| + w_sq * sum x^2: a float, or a 0-d float32 array on the GPU (no sync)."""
+    g = _norms_grid(x.size)
+    partials, out = empty(x, (2 * g,)), empty(x, (1,))
+    run("norms_partials", coop(g), x.size, x, partials)
+    run("norms_finalize", coop(1), g, partials, out, w_abs, w_sq)
+    return out[0] if is_cupy(out) else float(out[0])
+
+
+def penalty(param, l1=0.0, l2=0.0):
+    _check.array("param", param)
+    l1 = _check.number("l1", l1, lo=0)
+    l2 = _check.number("l2", l2, lo=0)
+    f32("param", param)
+    return _norms(param, l1, 0.5 * l2)
+
+
+def sum_squares(x):
+    """sum x^2 (gradient clipping: the global norm is its square root)."""
+    _check.array("x", x)
+    f32("x", x)
+    return _norms(x, 0.0, 1.0)

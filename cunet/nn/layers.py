@@ -1,0 +1,239 @@
+"""Layers: forward keeps what backward needs; backward adds into the parameter
+gradients and returns dL/dx. No autograd: each layer's backward is written out.
+
+A layer declares its parameters (`specs`); the model that owns it allocates one flat
+parameter buffer and one flat gradient buffer and hands the layer views into them
+(`bind`), so zeroing gradients is one fill and an optimizer step one kernel.
+
+Precision picks the kernels: float32 arrays (NumPy or CuPy) run cunet.ops, float64
+NumPy arrays run cunet.reference (the oracle: used to check whole models).
+"""
+import numpy as np
+
+from cunet import ops, reference
+
+
+def F(a):
+    """The op implementation for array a: the kernels, or the float64 oracle."""
+    return reference if a.dtype == np.float64 else ops
+
+
+class Spec:
+    """One parameter or buffer of a layer.
+
+    decay: a weight that L1/L2 penalties apply to (conv kernels), not a bias or BN affine.
+    buffer: state that is saved but not trained (BN running statistics)."""
+
+    def __init__(self, name, shape, init, decay=False, buffer=False, fan=(1, 1)):
+        self.name, self.shape, self.init, self.decay, self.buffer, self.fan = name, tuple(shape), init, decay, buffer, fan
+
+
+def initial_value(spec, rng):
+    """float64 initial value of a spec: He/Glorot from its fans, or a constant."""
+    fan_in, fan_out = spec.fan
+    if spec.init == "zeros":
+        return np.zeros(spec.shape)
+    if spec.init == "ones":
+        return np.ones(spec.shape)
+    if spec.init == "he_normal":
+        return rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
+    if spec.init == "he_uniform":
+        return rng.uniform(-1, 1, spec.shape) * np.sqrt(6.0 / fan_in)
+    if spec.init == "glorot_normal":
+        return rng.standard_normal(spec.shape) * np.sqrt(2.0 / (fan_in + fan_out))
+    if spec.init == "glorot_uniform":
+        return rng.uniform(-1, 1, spec.shape) * np.sqrt(6.0 / (fan_in + fan_out))
+    raise ValueError(f"init: expected one of {', '.join(INITS)}, got {spec.init!r}")
+
+
+INITS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
+
+
+class Layer:
+    training = True
+
+    def specs(self):
+        return []
+
+    def bind(self, params, grads):
+        """params/grads: name -> array view (grads has no entry for buffers)."""
+        self.p, self.g = params, grads
+
+
+class Conv(Layer):
+    """k^d convolution, PyTorch layout: weight (co, ci, *k), bias (co,)."""
+
+    def __init__(self, ci, co, k=3, stride=1, padding=1, dims=2, bias=True, init="he_normal"):
+        self.ci, self.co, self.k, self.stride, self.padding, self.dims = ci, co, k, stride, padding, dims
+        self.bias, self.init = bias, init
+
+    def specs(self):
+        taps = self.k ** self.dims
+        out = [Spec("weight", (self.co, self.ci) + (self.k,) * self.dims, self.init, decay=True,
+                    fan=(self.ci * taps, self.co * taps))]
+        return out + ([Spec("bias", (self.co,), "zeros")] if self.bias else [])
+
+    def forward(self, x):
+        self.x = x
+        return F(x).conv_forward(x, self.p["weight"], self.p.get("bias"), self.stride, self.padding)
+
+    def backward(self, dy):
+        dx, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding)
+        self.g["weight"] += dw
+        if self.bias:
+            self.g["bias"] += db
+        self.x = None
+        return dx
+
+
+class ConvTranspose(Layer):
+    """Transposed convolution, PyTorch layout: weight (ci, co, *k), bias (co,)."""
+
+    def __init__(self, ci, co, k=2, stride=2, dims=2, init="he_normal"):
+        self.ci, self.co, self.k, self.stride, self.dims, self.init = ci, co, k, stride, dims, init
+
+    def specs(self):
+        taps = self.k ** self.dims
+        # each output voxel receives ci * taps / stride^d inputs
+        fan_in = max(1, self.ci * taps // self.stride ** self.dims)
+        return [Spec("weight", (self.ci, self.co) + (self.k,) * self.dims, self.init, decay=True,
+                     fan=(fan_in, self.co * taps)),
+                Spec("bias", (self.co,), "zeros")]
+
+    def forward(self, x):
+        self.x = x
+        return F(x).conv_transpose_forward(x, self.p["weight"], self.p["bias"], self.stride)
+
+    def backward(self, dy):
+        dx, dw, db = F(dy).conv_transpose_backward(dy, self.x, self.p["weight"], self.stride)
+        self.g["weight"] += dw
+        self.g["bias"] += db
+        self.x = None
+        return dx
+
+
+class MaxPool(Layer):
+    def __init__(self, k=2):
+        self.k = k
+
+    def forward(self, x):
+        y, self.argmax = F(x).maxpool_forward(x, self.k)
+        self.shape = x.shape
+        return y
+
+    def backward(self, dy):
+        dx = F(dy).maxpool_backward(dy, self.argmax, self.shape)
+        self.argmax = None
+        return dx
+
+
+class Upsample(Layer):
+    def __init__(self, scale=2, mode="nearest"):
+        self.scale, self.mode = scale, mode
+
+    def forward(self, x):
+        self.shape = x.shape
+        return F(x).upsample_forward(x, self.scale, self.mode)
+
+    def backward(self, dy):
+        return F(dy).upsample_backward(dy, self.shape, self.scale, self.mode)
+
+
+class Concat(Layer):
+    """[a, b, ...] -> channel concatenation; backward returns one gradient per input."""
+
+    def forward(self, *xs):
+        self.channels = [x.shape[1] for x in xs]
+        return F(xs[0]).concat_forward(list(xs))
+
+    def backward(self, dy):
+        return F(dy).concat_backward(dy, self.channels)
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self.y = F(x).relu_forward(x)
+        return self.y
+
+    def backward(self, dy):
+        dx = F(dy).relu_backward(dy, self.y)
+        self.y = None
+        return dx
+
+
+class LeakyReLU(Layer):
+    def __init__(self, slope=0.01):
+        self.slope = slope
+
+    def forward(self, x):
+        self.x = x
+        return F(x).leaky_relu_forward(x, self.slope)
+
+    def backward(self, dy):
+        dx = F(dy).leaky_relu_backward(dy, self.x, self.slope)
+        self.x = None
+        return dx
+
+
+class BatchNorm(Layer):
+    """Batch norm over channels: affine weight/bias, running statistics as buffers."""
+
+    def __init__(self, c, momentum=0.1, eps=1e-5):
+        self.c, self.momentum, self.eps = c, momentum, eps
+
+    def specs(self):
+        return [Spec("weight", (self.c,), "ones"), Spec("bias", (self.c,), "zeros"),
+                Spec("running_mean", (self.c,), "zeros", buffer=True),
+                Spec("running_var", (self.c,), "ones", buffer=True)]
+
+    def forward(self, x):
+        p = self.p
+        y, self.mean, self.invstd = F(x).batchnorm_forward(x, p["weight"], p["bias"], p["running_mean"],
+                                                            p["running_var"], self.training, self.momentum, self.eps)
+        self.x = x
+        return y
+
+    def backward(self, dy):
+        dx, dg, db = F(dy).batchnorm_backward(dy, self.x, self.p["weight"], self.mean, self.invstd, self.training)
+        self.g["weight"] += dg
+        self.g["bias"] += db
+        self.x = None
+        return dx
+
+
+class Dropout(Layer):
+    """Inverted dropout; the mask comes from (seed, step): `reseed` picks the step, so a
+    training run is reproducible and a fixed step gives a fixed mask."""
+
+    def __init__(self, p, seed):
+        self.prob, self.base, self.seed = p, seed, seed
+
+    def reseed(self, step):
+        self.seed = (self.base * 0x9E3779B1 + step) % 2 ** 63
+
+    def forward(self, x):
+        if not self.training or self.prob == 0:
+            return x
+        return F(x).dropout_forward(x, self.prob, self.seed)
+
+    def backward(self, dy):
+        if not self.training or self.prob == 0:
+            return dy
+        return F(dy).dropout_backward(dy, self.prob, self.seed)
+
+
+class Sequential(Layer):
+    """Named layers applied in order; backward in reverse."""
+
+    def __init__(self, *named):
+        self.layers = list(named)
+
+    def forward(self, x):
+        for _, layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for _, layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy

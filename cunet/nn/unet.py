@@ -1,0 +1,144 @@
+"""The UNet: encoder levels of two 3x3 convs, downsampling, a bottom block, decoder
+levels that upsample, concatenate [upsampled, skip] and apply two 3x3 convs, and a 1x1
+conv head giving `out_channels` logits (sigmoid/softmax live in the losses).
+
+    base=16, depth=4: 16-32-64-128 channels down, a 256-channel bottom, back up to 16.
+    block:  conv3x3 -> [BN] -> ReLU -> [dropout] -> conv3x3 -> [BN] -> ReLU
+    down:   "maxpool" 2x2, or "strided": conv3x3 stride 2 (same channels) -> [BN] -> ReLU
+    up:     "transpose": convT 2x2 stride 2 halving the channels, or "nearest"/"linear":
+            x2 upsampling then conv3x3 halving the channels (no activation on either)
+
+Parameter names (state_dict order = order of first use in forward, weight before bias,
+PyTorch layouts): enc{i}.conv1.weight, enc{i}.conv1.bias, [enc{i}.bn1.weight, .bias,
+.running_mean, .running_var], enc{i}.conv2..., [down{i}.conv...], bottom..., up{i}.weight
+(transpose) or up{i}.conv.weight, dec{i}.conv1..., head.weight, head.bias.
+"""
+import numpy as np
+
+from cunet import _check
+from cunet.nn.layers import (INITS, BatchNorm, Concat, Conv, ConvTranspose, Dropout, MaxPool, ReLU, Sequential,
+                             Upsample)
+from cunet.nn.model import Model
+
+
+def _block(ci, co, dims, norm, dropout, seed, init):
+    layers = [("conv1", Conv(ci, co, 3, 1, 1, dims, init=init))]
+    layers += [("bn1", BatchNorm(co))] if norm else []
+    layers += [("relu1", ReLU())]
+    layers += [("drop", Dropout(dropout, seed))] if dropout > 0 else []
+    layers += [("conv2", Conv(co, co, 3, 1, 1, dims, init=init))]
+    layers += [("bn2", BatchNorm(co))] if norm else []
+    layers += [("relu2", ReLU())]
+    return Sequential(*layers)
+
+
+class UNet(Model):
+    def __init__(self, dims=2, in_channels=1, out_channels=1, base=16, depth=4, up="transpose", down="maxpool",
+                 norm=None, dropout=0.0, seed=0, init="he_normal"):
+        _check.choice("dims", dims, (2, 3))
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base),
+                        ("depth", depth)):
+            _check.integer(name, v, lo=1)
+        _check.choice("up", up, ("transpose", "nearest", "linear"))
+        _check.choice("down", down, ("maxpool", "strided"))
+        _check.choice("norm", norm, (None, "batch"))
+        _check.number("dropout", dropout, 0.0, 1.0, hi_open=True)
+        _check.integer("seed", seed, lo=0)
+        _check.choice("init", init, INITS)
+        self.config = dict(dims=dims, in_channels=in_channels, out_channels=out_channels, base=base, depth=depth,
+                           up=up, down=down, norm=norm, dropout=dropout, seed=seed, init=init)
+        self.dims, self.depth, self.in_channels = dims, depth, in_channels
+        bn = norm == "batch"
+        named = []
+
+        def add(prefix, layer):
+            if isinstance(layer, Sequential):
+                for name, sub in layer.layers:
+                    named.append((f"{prefix}.{name}", sub))
+            else:
+                named.append((prefix, layer))
+            return layer
+
+        self.enc, self.down, self.up, self.cat, self.dec = [], [], [], [], []
+        ci, c = in_channels, base
+        for i in range(depth):
+            self.enc.append(add(f"enc{i}", _block(ci, c, dims, bn, dropout, seed * 7919 + i, init)))
+            if down == "maxpool":
+                self.down.append(MaxPool(2))
+            else:
+                layers = [("conv", Conv(c, c, 3, 2, 1, dims, init=init))] + ([("bn", BatchNorm(c))] if bn else [])
+                self.down.append(add(f"down{i}", Sequential(*layers, ("relu", ReLU()))))
+            ci, c = c, 2 * c
+        self.bottom = add("bottom", _block(ci, c, dims, bn, dropout, seed * 7919 + depth, init))
+        for i in range(depth):
+            if up == "transpose":
+                self.up.append(add(f"up{i}", ConvTranspose(c, c // 2, 2, 2, dims, init=init)))
+            else:
+                self.up.append(add(f"up{i}", Sequential(("upsample", Upsample(2, up)),
+                                                        ("conv", Conv(c, c // 2, 3, 1, 1, dims, init=init)))))
+            self.cat.append(Concat())
+            c //= 2
+            self.dec.append(add(f"dec{i}", _block(2 * c, c, dims, bn, dropout, seed * 7919 + depth + 1 + i, init)))
+        self.head = add("head", Conv(base, out_channels, 1, 1, 0, dims, init="glorot_uniform"))
+        self._all = [layer for _, layer in named] + self.down + self.cat
+        self._build(named, seed)
+
+    def _check_input(self, x):
+        _check.array("x", x)
+        if x.ndim != self.dims + 2:
+            raise ValueError(f"x: expected {self.dims + 2} dimensions (N, C, {'D, ' if self.dims == 3 else ''}H, W) "
+                             f"for a {self.dims}D UNet, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x: expected {self.in_channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        k = 2 ** self.depth
+        bad = [s for s in x.shape[2:] if s % k]
+        if bad:
+            s = bad[0]
+            near = sorted({max(k, s // k * k), (s // k + 1) * k})
+            raise ValueError(f"x: spatial sizes must be multiples of 2**depth = {k}; got {tuple(x.shape[2:])} "
+                             f"({s} is not: try {' or '.join(map(str, near))}, or pad/crop the input)")
+        want = np.float64 if self.device == "reference" else np.float32
+        if x.dtype != want:
+            raise TypeError(f"x: expected {np.dtype(want)} for a model on {self.device!r}, got {x.dtype}")
+        _check.same_device("x", x, "the model's parameters", self.params)
+
+    def forward(self, x):
+        """x (N, in_channels, *S) -> logits (N, out_channels, *S)."""
+        self._check_input(x)
+        skips, h = [], x
+        for enc, down in zip(self.enc, self.down):
+            h = enc.forward(h)
+            skips.append(h)
+            h = down.forward(h)
+        h = self.bottom.forward(h)
+        for up, cat, dec, skip in zip(self.up, self.cat, self.dec, reversed(skips)):
+            h = dec.forward(cat.forward(up.forward(h), skip))
+        return self.head.forward(h)
+
+    def backward(self, dlogits):
+        """Adds dL/dparams into the gradient buffer; returns dL/dx."""
+        dh = self.head.backward(dlogits)
+        dskips = []   # filled shallowest level first: dskips[i] is the gradient of enc[i]'s output
+        for up, cat, dec in reversed(list(zip(self.up, self.cat, self.dec))):
+            dup, dskip = cat.backward(dec.backward(dh))
+            dskips.append(dskip)
+            dh = up.backward(dup)
+        dh = self.bottom.backward(dh)
+        for enc, down, dskip in reversed(list(zip(self.enc, self.down, dskips))):
+            dh = enc.backward(down.backward(dh) + dskip)   # the skip's gradient joins the pooled path
+        return dh
+
+    def train(self, mode=True):
+        for layer in self._all:
+            layer.training = mode
+        return self
+
+    @property
+    def training(self):
+        return self.head.training
+
+    def reseed(self, step):
+        """Dropout masks for training step `step` (the trainer calls this once per step)."""
+        for _, layer in self.leaves:
+            if isinstance(layer, Dropout):
+                layer.reseed(step)
