@@ -87,3 +87,16 @@ def test_single_header_compiles_with_nvcc():
            *[f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_cuda_build_without_nvcc_says_so(tmp_path):
+    """CUNET_CUDA=1 with no nvcc anywhere: a one-line reason, not a compiler traceback."""
+    import os
+    import sys
+    env = dict(os.environ, CUNET_CUDA="1", CUDA_HOME=str(tmp_path / "no-cuda"),
+               PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                    if not (Path(p) / "nvcc").exists()))
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                          "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "CUNET_CUDA=1 asks for the CUDA build, but nvcc was not found" in out.stderr

@@ -1,0 +1,251 @@
+"""The `cunet` command.
+
+    cunet train IMG [IMG ...] --labels LBL [LBL ...] --out MODEL.safetensors
+                [--dims 2|3] [--classes K] [--epochs N] [--time-budget SECONDS]
+                [--val-images ... --val-labels ...] [--device cpu|cuda]
+    cunet predict MODEL INPUT OUTPUT [--postprocess] [--tta]
+    cunet demo [--task tissue|nuclei|denoise] [--out DIR]
+    cunet info
+
+Bad input ends the command with a one-line reason and exit status 2.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _device_arrays(device):
+    if device == "cuda":
+        try:
+            import cupy
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise RuntimeError
+        except Exception:
+            raise ValueError("--device cuda: no CUDA device found (CuPy cannot see a GPU); use --device cpu") from None
+
+
+# ---- train
+
+
+def _read_pairs(images, labels, num_classes=None):
+    """Load and check image/label files -> lists of (C, *S) float32 images, (*S) labels, metas."""
+    from cunet import data
+    if len(images) != len(labels):
+        raise ValueError(f"--labels: expected one label file per image ({len(images)}), got {len(labels)}")
+    xs, ys, metas = [], [], []
+    for ip, lp in zip(images, labels):
+        img, im = data.load_image(ip)
+        lab, lm = data.load_label(lp, num_classes)
+        if img.ndim == lab.ndim + 1 and im.get("kind") == "image":   # (H, W, C) colour image
+            img = np.moveaxis(img, -1, 0)
+        elif img.ndim == lab.ndim:
+            img = img[None]
+        data.check_pair(ip, lp, img[0] if img.shape[1:] == lab.shape else img, lab, im, lm)
+        xs.append(img.astype(np.float32))
+        ys.append(lab)
+        metas.append(im)
+    return xs, ys, metas
+
+
+def _samples(xs, ys, dims, axis, norm_cfg):
+    """Normalised training samples: whole images for 3D, slices of volumes for a 2D model."""
+    from cunet import data
+    out_x, out_y = [], []
+    for x, y in zip(xs, ys):
+        x = np.stack([data.normalize(c, norm_cfg) for c in x])
+        if dims == 2 and y.ndim == 3:
+            sx, sy = data.to_slices(x, y, axis=axis)
+            out_x += list(sx)
+            out_y += list(sy)
+        elif y.ndim == dims:
+            out_x.append(x)
+            out_y.append(y)
+        else:
+            raise ValueError(f"--dims: a {dims}D model cannot train on {y.ndim}D images")
+    return out_x, out_y
+
+
+def _default_patch(samples, dims, depth):
+    k = 2 ** depth
+    cap = 128 if dims == 2 else 64
+    sizes = np.min([s.shape[1:] for s in samples], axis=0)
+    return tuple(int(max(k, min(cap, -(-int(s) // k) * k))) for s in sizes)
+
+
+def cmd_train(a):
+    import cunet
+    from cunet import data, losses, optim, train
+    _device_arrays(a.device)
+    xs, ys, metas = _read_pairs(a.images, a.labels, a.classes)
+    classes = a.classes or max(2, int(max(int(y.max()) for y in ys)) + 1)
+    norm_cfg = data.default_normalization()
+    tx, ty = _samples(xs, ys, a.dims, a.axis, norm_cfg)
+    patch = tuple(a.patch) if a.patch else _default_patch(tx, a.dims, a.depth)
+    if len(patch) != a.dims or any(p % 2 ** a.depth for p in patch):
+        raise ValueError(f"--patch: expected {a.dims} sizes, multiples of 2**depth = {2 ** a.depth}, got {patch}")
+    augment = data.Augment(seed=a.seed) if a.augment else None
+    src = data.PatchSampler(tx, ty, patch, a.batch_size, a.steps_per_epoch, augment=augment, seed=a.seed)
+    val = None
+    if a.val_images:
+        vx, vy, _ = _read_pairs(a.val_images, a.val_labels or [], classes)
+        vx, vy = _samples(vx, vy, a.dims, a.axis, norm_cfg)
+        val = data.PatchSampler(vx, vy, patch, a.batch_size, max(1, a.steps_per_epoch // 4), fg_fraction=0.5,
+                                seed=a.seed + 1, prefetch=False)
+    out_ch = 1 if classes == 2 else classes
+    model = cunet.UNet(dims=a.dims, in_channels=tx[0].shape[0], out_channels=out_ch, base=a.base, depth=a.depth,
+                       norm="batch" if a.batchnorm else None, seed=a.seed)
+    if a.device == "cuda":
+        model.to("cuda")
+    loss = losses.DiceCE()
+    opt = optim.Adam(model, lr=a.lr)
+    steps = a.epochs * len(src) if a.epochs else None
+    sched = optim.PolyLR(opt, total_steps=steps or 10 ** 9)
+    out = Path(a.out)
+    run_dir = out.with_name(out.stem + "_run")
+    print(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
+          f" device {a.device}")
+    train.fit(model, loss, opt, src, val, epochs=a.epochs if not a.time_budget else None,
+              steps=None if not a.time_budget else (steps or 10 ** 9), schedule=sched, out=run_dir,
+              num_classes=classes, time_budget=a.time_budget)
+    best = run_dir / ("best.safetensors" if (run_dir / "best.safetensors").exists() else "last.safetensors")
+    model.load_state_dict(train.load_checkpoint(best)["state"])
+    extra = dict(normalization=norm_cfg, classes=classes, axis=a.axis, patch=list(patch),
+                 task="segmentation", trained_on=[str(p) for p in a.images])
+    train.save_checkpoint(out, model, loss=loss, extra=extra)
+    print(f"cunet train: wrote {out} (weights of {best.name}; history in {run_dir})")
+
+
+# ---- predict
+
+
+def cmd_predict(a):
+    import cunet
+    from cunet import data, infer, metrics
+    _device_arrays(a.device)
+    model = cunet.load(a.model, device=a.device)
+    extra = model.extra or {}
+    img, meta = data.load_image(a.input)
+    if img.ndim == model.dims + 1 and meta.get("kind") == "image":
+        img = np.moveaxis(img, -1, 0)
+    elif img.ndim in (model.dims, 3):
+        img = img[None]
+    norm_cfg = extra.get("normalization", data.default_normalization())
+    x = np.stack([data.normalize(c, norm_cfg) for c in img]).astype(np.float32)
+    if x.shape[0] != model.in_channels:
+        raise ValueError(f"INPUT: {a.input} has {x.shape[0]} channels, the model expects {model.in_channels}")
+    window = tuple(extra["patch"]) if model.dims == 3 and extra.get("patch") else None
+    if extra.get("task") == "restoration":
+        logits = infer.predict_logits(model, x, window=window, tta=a.tta, progress=True)
+        data.save_image(a.output, np.asarray(logits[0]), like=meta)
+    else:
+        if model.dims == 2 and x.ndim == 4:
+            logits = infer.predict_volume_2d(model, x, axis=extra.get("axis", 2), tta=a.tta, progress=True)
+            labels = metrics.predict(logits[None])[0]
+        else:
+            labels = infer.predict_labels(model, x, window=window, tta=a.tta, progress=True)
+        labels = np.asarray(labels if isinstance(labels, np.ndarray) else labels.get())
+        if a.postprocess:
+            labels = infer.postprocess(labels)
+        data.save_label(a.output, labels, like=meta)
+    print(f"cunet predict: wrote {a.output}")
+
+
+# ---- info
+
+
+def cmd_info(a):
+    import cunet
+    from cunet._ops import core
+    lines = [f"cunet {cunet.__version__}"]
+    try:
+        nat = core.native()
+        lines.append(f"native extension: {nat.build} build ({Path(nat.__file__).name})")
+    except ImportError as e:
+        lines.append(f"native extension: not built ({e})")
+    fams = sorted(p.stem for p in core.kernel_dir().glob("*.cuh") if p.stem not in ("portable", "cunet"))
+    lines.append(f"kernel families ({len(fams)}): {', '.join(fams)} in {core.kernel_dir()}")
+    lines.append(f"OpenMP threads: {os.environ.get('OMP_NUM_THREADS', os.cpu_count())}")
+    try:
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+        names = [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(n)]
+        lines.append(f"GPU: {', '.join(names)} (CuPy {cupy.__version__}; kernels compile with NVRTC on first use)")
+    except ImportError:
+        lines.append("GPU: CuPy not installed (pip install 'cunet[gpu]')")
+    except Exception:
+        lines.append("GPU: none found")
+    print("\n".join(lines))
+
+
+def cmd_demo(a):
+    from cunet import demo
+    _device_arrays(a.device)
+    demo.run(a.task, a.out, device=a.device, time_budget=a.time_budget, epochs=a.epochs)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="cunet", description="UNet segmentation with hand-written CUDA kernels")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a UNet on image/label files (NIfTI, PNG, TIFF)")
+    t.add_argument("images", nargs="+", metavar="IMG")
+    t.add_argument("--labels", nargs="+", required=True, metavar="LBL")
+    t.add_argument("--out", required=True, metavar="MODEL.safetensors")
+    t.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: train on slices of volumes (default)")
+    t.add_argument("--classes", type=int, help="number of classes, background included (default: from labels)")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this many seconds")
+    t.add_argument("--val-images", nargs="+", metavar="IMG")
+    t.add_argument("--val-labels", nargs="+", metavar="LBL")
+    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    t.add_argument("--axis", type=int, default=2, help="slicing axis of volumes for a 2D model")
+    t.add_argument("--base", type=int, default=16)
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--patch", type=int, nargs="+", help="patch size per spatial axis")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--steps-per-epoch", type=int, default=50)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(run=cmd_train)
+    q = sub.add_parser("predict", help="segment an image with a trained model")
+    q.add_argument("model", metavar="MODEL")
+    q.add_argument("input", metavar="INPUT")
+    q.add_argument("output", metavar="OUTPUT")
+    q.add_argument("--postprocess", action="store_true", help="keep the largest component per class, fill holes")
+    q.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    q.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    q.set_defaults(run=cmd_predict)
+    d = sub.add_parser("demo", help="train and evaluate on real data shipped in packages")
+    d.add_argument("--task", choices=("tissue", "nuclei", "denoise"), default="tissue")
+    d.add_argument("--out", default="cunet-demo")
+    d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    d.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="training time (default: the task's own, a few minutes on 2 CPU cores)")
+    d.add_argument("--epochs", type=int, default=None)
+    d.set_defaults(run=cmd_demo)
+    i = sub.add_parser("info", help="version, build, kernels, GPU")
+    i.set_defaults(run=cmd_info)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+        print(f"cunet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cunet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Training: batch sources, the fit loop, checkpoints.
+
+    ArrayBatches(images, targets, batch_size=8, shuffle=True, seed=0, drop_last=False)
+    fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, ...) -> History
+    save_checkpoint(path, model, ...)   load_checkpoint(path) -> dict   load(path, device) -> UNet
+
+One step: model.reseed(step); zero_grad; forward; loss; backward; [clip]; optimizer.step();
+[schedule.step()]. Everything random is a function of explicit seeds and counters (batch
+order of (seed, epoch), dropout masks of the global step), and a checkpoint holds the
+weights, BN statistics, optimizer and schedule state and those counters: a resumed run
+repeats the uninterrupted one bit for bit on the CPU.
+
+A checkpoint is one safetensors file:
+    tensors   model.state_dict() names -> arrays, "optim/<name>" -> optimizer state (P,)
+    metadata  "cunet.model": JSON of model.config; "cunet.train": JSON of the optimizer's
+              hyper-parameters and config, schedule config/state, loss config, epoch, batch
+              (batches done in that epoch), step and history; "cunet.extra": JSON of
+              user extras (e.g. intensity normalization); "cunet.version"
+Every file is written to a temporary file in its folder and renamed over the target
+(os.replace), so a crash never leaves a half-written file under the final name.
+
+Not here: data loading and augmentation (cunet.data), sliding-window inference (cunet.infer).
+"""
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cunet import __version__, _check
+
+__all__ = ["ArrayBatches", "History", "fit", "save_checkpoint", "load_checkpoint", "load"]
+
+
+# ---- batch sources
+
+class ArrayBatches:
+    """Mini-batches over in-memory NumPy arrays: images (M, C, *S) float, targets (M, *S)
+    integer labels or (M, C', *S) float. The order of epoch e is a permutation seeded by
+    (seed, e), so a resumed run sees the same batches."""
+
+    def __init__(self, images, targets, batch_size=8, shuffle=True, seed=0, drop_last=False):
+        for name, a in (("images", images), ("targets", targets)):
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+        _check.array("images", images, ndim=(4, 5))
+        m, s = images.shape[0], tuple(images.shape[2:])
+        if m == 0:
+            raise ValueError(f"images: expected at least one sample, got shape {images.shape}")
+        if targets.dtype.kind in "iub":
+            want = (m,) + s
+        elif targets.dtype.kind == "f":
+            want = (m, targets.shape[1] if targets.ndim > 1 else 1) + s
+        else:
+            raise TypeError(f"targets: expected integer labels or float maps, got {targets.dtype}")
+        if tuple(targets.shape) != want:
+            kind = "integer labels (M, *S)" if targets.dtype.kind in "iub" else "float maps (M, C, *S)"
+            raise ValueError(f"targets: expected {kind} = {want} to match images {images.shape}, "
+                             f"got {targets.shape}")
+        self.images, self.targets = images, targets
+        self.batch_size = _check.integer("batch_size", batch_size, lo=1)
+        self.shuffle = _check.choice("shuffle", shuffle, (True, False))
+        self.seed = _check.integer("seed", seed, lo=0)
+        self.drop_last = _check.choice("drop_last", drop_last, (True, False))
+        if drop_last and batch_size > m:
+            raise ValueError(f"batch_size: expected at most {m} samples with drop_last=True, got {batch_size}")
+
+    def __len__(self):
+        m = self.images.shape[0]
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def batches(self, epoch):
+        """Yields (x, y) NumPy batches of epoch `epoch` (an int >= 0)."""
+        epoch = _check.integer("epoch", epoch, lo=0)
+        m = self.images.shape[0]
+        order = np.random.default_rng((self.seed, epoch)).permutation(m) if self.shuffle else np.arange(m)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.images[idx], self.targets[idx]
+
+
+def _source(name, src, shuffle):
+    if isinstance(src, tuple) and len(src) == 2:
+        return ArrayBatches(*src, batch_size=8, shuffle=shuffle)
+    if not (callable(getattr(src, "batches", None)) and hasattr(src, "__len__")):
+        raise TypeError(f"{name}: expected a batch source (an object with .batches(epoch) and __len__, e.g. "
+                        f"ArrayBatches) or an (images, targets) tuple, got {type(src).__name__}")
+    if len(src) < 1:
+        raise ValueError(f"{name}: expected a batch source with at least one batch, got len {len(src)}")
+    return src
+
+
+# ---- history
+
+class History:
+    """Per-epoch records of a run (what history.json holds). A record: epoch (1-based),
+    step (steps done), batches, partial (a stop inside the epoch), lr, train_loss, time,
+    and with validation val_loss plus dice/iou (per class, None where a class is absent
+    from both maps), mean_dice/mean_iou (foreground classes), or psnr (MSE/L1 runs).
+    history["key"] -> the list of that key over the records."""
+
+    def __init__(self, records=(), best=None, best_epoch=None, stopped=None):
+        self.records, self.best, self.best_epoch, self.stopped = list(records), best, best_epoch, stopped
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, key):
+        return [r.get(key) for r in self.records]
+
+    def append(self, record):
+        """Adds a record; True when its validation score beats the best so far."""
+        self.records.append(record)
+        score = _score(record)
+        if score is None or (self.best is not None and score <= self.best):
+            return False
+        self.best, self.best_epoch = score, record["epoch"]
+        return True
+
+    def to_dict(self):
+        return {"records": self.records, "best": self.best, "best_epoch": self.best_epoch, "stopped": self.stopped}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d.get("records", ()), d.get("best"), d.get("best_epoch"), d.get("stopped"))
+
+    def __repr__(self):
+        return f"History({len(self)} epochs, best {self.best} at epoch {self.best_epoch}, stopped: {self.stopped})"
+
+
+def _score(record):
+    """Validation score (higher is better): mean foreground Dice, else -val_loss."""
+    if record.get("mean_dice") is not None:
+        return record["mean_dice"]
+    return None if record.get("val_loss") is None else -record["val_loss"]
+
+
+def _num(v):
+    """float, or None for NaN/inf (history.json is strict JSON)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ---- the loop
+
+def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, schedule=None, clip=None, out=None,
+        num_classes=None, resume=None, time_budget=None, progress=True, log=print, extra=None):
+    """Train `model` on batch source `train`; returns the History.
+
+    Stops after `epochs` epochs or `steps` steps (counted from the start of the run, so a
+    resumed call with the same arguments finishes the original plan), or once
+    `time_budget` seconds of this call have passed (after the current step). Each epoch
+    (and at a stop) it validates on `val` in eval mode and, with out=DIR, writes
+    DIR/last.safetensors, DIR/best.safetensors (when the score improves), DIR/history.json
+    and DIR/history.png. `extra` (JSON-able) goes into the checkpoints ("cunet.extra").
+    A non-finite loss raises FloatingPointError; the last checkpoint is left as it was."""
+    if epochs is None and steps is None:
+        raise ValueError("epochs, steps: expected at least one of them, got neither")
+    epochs = None if epochs is None else _check.integer("epochs", epochs, lo=1)
+    steps = None if steps is None else _check.integer("steps", steps, lo=1)
+    clip = None if clip is None else _check.number("clip", clip, lo=0, lo_open=True)
+    time_budget = None if time_budget is None else _check.number("time_budget", time_budget, lo=0, lo_open=True)
+    num_classes = max(2, model.config["out_channels"]) if num_classes is None else \
+        _check.integer("num_classes", num_classes, lo=1)
+    if not callable(loss):
+        raise TypeError(f"loss: expected a callable loss(logits, target) -> (loss, dlogits), got {type(loss).__name__}")
+    train, val = _source("train", train, True), None if val is None else _source("val", val, False)
+    if clip is not None:
+        from cunet.optim import clip_grad_norm
+    out = None if out is None else Path(out)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda line: None)
+
+    epoch = batch = step = 0   # epoch index, batches done in it, steps done
+    history = History()
+    if resume is not None:
+        epoch, batch, step, history, saved_extra = _resume(resume, model, optimizer, schedule)
+        extra = saved_extra if extra is None else extra
+    n_batches = len(train)
+    total = min(steps or math.inf, epochs * n_batches if epochs else math.inf)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True)
+    say = bar.write if progress and log is print else log
+    sync_every = 1 if model.xp is np else 16   # on the GPU, losses come back in groups (one sync each)
+    last_good = None   # (path, epoch) of the last checkpoint written
+
+    def nonfinite(at, value):
+        where = (f"the last good checkpoint is kept: {last_good[0]} (end of epoch {last_good[1]})" if last_good
+                 else "no checkpoint had been written" + (" yet" if out else " (out=None)"))
+        return FloatingPointError(f"non-finite loss ({value}) at step {at} (epoch {epoch + 1}); training stopped, "
+                                  f"{where}")
+
+    stop = None
+    model.train()
+    t0 = time.monotonic()
+    try:
+        while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
+            t_epoch, pending, loss_sum, n_done, complete = time.monotonic(), [], 0.0, 0, True
+            for i, (x, y) in enumerate(train.batches(epoch)):
+                if i < batch:
+                    continue   # resuming inside an epoch: these batches were trained on
+                x, y = _to_device(model, x, y)
+                model.reseed(step)
+                optimizer.zero_grad()
+                logits = model.forward(x)
+                try:
+                    value, dlogits = loss(logits, y)
+                except ValueError:
+                    # the losses reject NaN/inf logits; a diverged model produces them
+                    if not bool(model.xp.isfinite(logits).all()):
+                        raise nonfinite(step + 1, "NaN/inf logits") from None
+                    raise
+                model.backward(dlogits)
+                if clip is not None:
+                    clip_grad_norm(model, clip)
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                step, batch = step + 1, batch + 1
+                pending.append(value)
+                if len(pending) >= sync_every:
+                    loss_sum, n_done = _check_losses(pending, step, loss_sum, n_done, nonfinite, bar)
+                if steps is not None and step >= steps:
+                    stop = "steps"
+                elif time_budget is not None and time.monotonic() - t0 >= time_budget:
+                    stop = "time_budget"
+                if stop:
+                    complete = batch >= n_batches
+                    break
+            loss_sum, n_done = _check_losses(pending, step, loss_sum, n_done, nonfinite, bar)
+            record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete, lr=float(optimizer.lr),
+                          train_loss=_num(loss_sum / n_done) if n_done else None,
+                          time=round(time.monotonic() - t_epoch, 3))
+            if val is not None:
+                record.update(_validate(model, loss, val, num_classes))
+                model.train()
+            if complete:
+                epoch, batch = epoch + 1, 0
+            improved = history.append(record)
+            history.stopped = stop or ("epochs" if epochs is not None and epoch >= epochs else
+                                       "steps" if steps is not None and step >= steps else None)
+            if out is not None:
+                state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict())
+                save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
+                last_good = (out / "last.safetensors", record["epoch"])
+                if improved:
+                    save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
+                _atomic(out / "history.json", lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
+                _atomic(out / "history.png", lambda p: _plot(history, p))
+            say(_line(record, epochs, improved and val is not None))
+    finally:
+        bar.close()
+    return history
+
+
+def _check_losses(pending, step, loss_sum, n_done, nonfinite, bar):
+    """Bring the pending losses (the last len(pending) steps, ending at `step`) to the host,
+    raise on the first non-finite one, add them to the running sum; empties `pending`."""
+    if not pending:
+        return loss_sum, n_done
+    if hasattr(pending[0], "get") and not isinstance(pending[0], (float, np.generic)):   # 0-d CuPy losses
+        values = _check.xp_of(pending[0]).stack(pending).get().tolist()
+    else:
+        values = [float(v) for v in pending]
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise nonfinite(step - len(values) + i + 1, v)
+    bar.update(len(values))
+    bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
+    pending.clear()
+    return loss_sum + sum(values), n_done + len(values)
+
+
+def _to_device(model, x, y):
+    """A batch on the model's device: float32 (float64 for "reference") images and float
+    targets; integer labels keep their dtype (bool -> int64)."""
+    fdt = np.float64 if model.device == "reference" else np.float32
+    ydt = np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype)
+    if model.device == "cuda":
+        import cupy
+        return cupy.asarray(x, dtype=fdt), cupy.asarray(y, dtype=ydt)
+    from cunet.nn.model import _host
+    return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
+
+
+def _validate(model, loss, val, k):
+    """Validation loss (sample-weighted mean over batches) and, for losses with an
+    activation, Dice/IoU per class from confusion counts pooled over the whole set; for
+    MSE/L1, PSNR with the data range of the validation targets."""
+    from cunet import metrics, ops, reference
+    model.eval()
+    xp, seg = model.xp, getattr(loss, "activation", None) is not None
+    counts = (reference if model.device == "reference" else ops).confusion_counts
+    total, n, tp_fp_fn, sse, size, lo, hi = 0.0, 0, None, 0.0, 0, math.inf, -math.inf
+    for x, y in val.batches(0):
+        x, y = _to_device(model, x, y)
+        logits = model.forward(x)
+        value, _ = loss(logits, y)
+        total, n = total + value * x.shape[0], n + x.shape[0]
+        if seg and (y.dtype.kind in "iu" or y.shape[1] == 1):   # a label map (multi-label float maps: loss only)
+            labels = y if y.dtype.kind in "iu" else (y[:, 0] >= 0.5).astype(np.int64)
+            c = xp.stack(counts(metrics.predict(logits), labels, k))   # (3, K) tp, fp, fn
+            tp_fp_fn = c if tp_fp_fn is None else tp_fp_fn + c
+        elif not seg:
+            r = logits.astype(np.float64) - y
+            sse, size = sse + (r * r).sum(), size + r.size
+            lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+    out = {"val_loss": _num(total / n)}
+    if tp_fp_fn is not None:
+        from cunet.nn.model import _host
+        tp, fp, fn = _host(tp_fp_fn).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice, iou = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)   # NaN: class absent from both
+        fg = slice(1, None) if k > 1 else slice(None)
+        for name, s in (("dice", dice), ("iou", iou)):
+            out[name] = [_num(v) for v in s]
+            present = s[fg][~np.isnan(s[fg])]
+            out[f"mean_{name}"] = float(present.mean()) if present.size else None
+    elif not seg:
+        mse, rng = float(sse) / size, (hi - lo) if hi > lo else 1.0
+        out["psnr"] = _num(10 * math.log10(rng * rng / mse)) if mse > 0 else None
+    return out
+
+
+def _line(r, epochs, best):
+    s = f"epoch {r['epoch']}/{epochs or '-'} step {r['step']}{' (stopped)' if r['partial'] else ''}"
+    for key in ("train_loss", "val_loss", "mean_dice", "mean_iou", "psnr"):
+        if r.get(key) is not None:
+            s += f"  {key} {r[key]:.4g}"
+    return s + f"  lr {r['lr']:.3g}  {r['time']:.1f}s" + ("  *best" if best else "")
+
+
+def _plot(history, path):
+    """Loss curves (log scale when positive) and the validation score against steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6), tight_layout=True)
+    FigureCanvasAgg(fig)   # no pyplot: the caller's matplotlib backend is left alone
+    a, b = fig.subplots(1, 2)
+    x = history["step"]
+    curves = [(k, [np.nan if v is None else v for v in history[k]]) for k in ("train_loss", "val_loss")]
+    for k, ys in curves:
+        if not all(np.isnan(ys)):
+            a.plot(x, ys, marker=".", label=k)
+    if all(v > 0 for _, ys in curves for v in ys if not np.isnan(v)):
+        a.set_yscale("log")
+    a.set(xlabel="step", title="loss")
+    a.legend()
+    if any(v is not None for v in history["mean_dice"]):
+        for k in ("mean_dice", "mean_iou"):
+            b.plot(x, [np.nan if v is None else v for v in history[k]], marker=".", label=k)
+        b.set(ylim=(0, 1), title="validation (foreground classes)")
+        b.legend()
+    else:
+        b.plot(x, [np.nan if v is None else v for v in history["psnr"]], marker=".")
+        b.set(title="validation PSNR (dB)")
+    b.set(xlabel="step")
+    fig.savefig(path, format="png", dpi=80)
+
+
+# ---- checkpoints
+
+def _atomic(path, write):
+    """write(tmp) a temporary file next to `path`, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _json(name, value):
+    try:
+        return json.dumps(value, allow_nan=False, default=_jsonable)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected a JSON-able value (finite numbers), got one that is not ({e})") from None
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):   # NumPy scalars from configs
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON-able")
+
+
+def save_checkpoint(path, model, optimizer=None, schedule=None, loss=None, train_state=None, extra=None):
+    """Write model (+ optimizer, schedule, loss config, train_state dict, extra) to one
+    safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    from cunet.nn.model import _host
+    host = lambda a: np.ascontiguousarray(_host(a))   # noqa: E731
+    tensors = {name: host(a) for name, a in model.state_dict().items()}
+    train = dict(train_state or {})
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        train.update(optimizer=sd["hyper"], optimizer_config=getattr(optimizer, "config", None))
+        tensors.update({f"optim/{name}": host(a) for name, a in sd["state"].items()})
+    if schedule is not None:
+        train["schedule"] = {"config": getattr(schedule, "config", None), "state": schedule.state_dict()}
+    if loss is not None:
+        train["loss"] = getattr(loss, "config", None)
+    meta = {"cunet.model": _json("model.config", model.config), "cunet.train": _json("train_state", train),
+            "cunet.extra": _json("extra", {} if extra is None else extra), "cunet.version": __version__}
+    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_checkpoint(path):
+    """-> {"config": model config, "state": name -> NumPy array, "optim": name -> array,
+    "train": dict, "extra": dict, "version": str}. ValueError naming the file if it is
+    missing, unreadable or lacks cunet metadata."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r}: no such file")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:   # safetensors raises its own SafetensorError (and OSError) for bad files
+        raise ValueError(f"checkpoint {str(path)!r}: not a readable safetensors file ({e})") from None
+    if "cunet.model" not in meta:
+        raise ValueError(f"checkpoint {str(path)!r}: no 'cunet.model' metadata (not written by "
+                         f"cunet.train.save_checkpoint); found keys {sorted(meta)}")
+    parsed = {}
+    for key in ("model", "train", "extra"):
+        try:
+            parsed[key] = json.loads(meta.get(f"cunet.{key}", "{}"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"checkpoint {str(path)!r}: metadata 'cunet.{key}' is not valid JSON ({e})") from None
+    return {"config": parsed["model"], "state": {k: v for k, v in tensors.items() if not k.startswith("optim/")},
+            "optim": {k[6:]: v for k, v in tensors.items() if k.startswith("optim/")},
+            "train": parsed["train"], "extra": parsed["extra"], "version": meta.get("cunet.version")}
+
+
+def load(path, device="cpu"):
+    """A UNet rebuilt from a checkpoint's config with its weights, in eval mode, on
+    `device`; `.extra` holds the checkpoint's extra dict."""
+    from cunet.nn.model import DEVICES
+    from cunet.nn.unet import UNet
+    _check.choice("device", device, DEVICES)
+    ckpt = load_checkpoint(path)
+    try:
+        model = UNet(**ckpt["config"]).to(device)
+        model.load_state_dict(ckpt["state"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {str(path)!r}: does not hold a cunet.nn.UNet ({e})") from None
+    model.eval()
+    model.extra = ckpt["extra"]
+    return model
+
+
+def _resume(path, model, optimizer, schedule):
+    """Restore model, optimizer, schedule from a checkpoint written by fit ->
+    (epoch, batch, step, history, extra)."""
+    ckpt = load_checkpoint(path)
+    train = ckpt["train"]
+    if "step" not in train or "optimizer" not in train:
+        raise ValueError(f"resume: checkpoint {str(path)!r} was not written by fit (no optimizer/step state)")
+    model.load_state_dict(ckpt["state"])
+    optimizer.load_state_dict({"hyper": train["optimizer"], "state": ckpt["optim"]})
+    saved = train.get("schedule")
+    if schedule is not None:
+        if saved is None:
+            raise ValueError(f"schedule: checkpoint {str(path)!r} has no schedule state to resume from")
+        schedule.load_state_dict(saved["state"])
+    elif saved is not None:
+        warnings.warn(f"resume: checkpoint {str(path)!r} was trained with schedule {saved.get('config')}, "
+                      f"but no schedule was passed; continuing at a fixed lr", stacklevel=3)
+    return (int(train["epoch"]), int(train.get("batch", 0)), int(train["step"]),
+            History.from_dict(train.get("history") or {}), ckpt["extra"])
