@@ -99,7 +99,8 @@ def _predict(model, images, window=None, overlap=0.5, batch_size=4, gaussian=Tru
         with tqdm(total=len(jobs), desc="windows", unit="win", disable=not progress) as bar:
             for i in range(0, len(jobs), batch_size):
                 batch = jobs[i:i + batch_size]
-                xb = _to(xi.stack([x[(n, slice(None)) + box] for n, box in batch]).astype(dtype, copy=False), xm)
+                xb = xm.ascontiguousarray(_to(xi.stack([x[(n, slice(None)) + box] for n, box in batch])
+                                              .astype(dtype, copy=False), xm))
                 yb = 0
                 for axes in flips:   # () = no flip; flip, predict, flip back
                     xf = xm.ascontiguousarray(xm.flip(xb, axes)) if axes else xb

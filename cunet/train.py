@@ -187,10 +187,10 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True)
     say = bar.write if progress and log is print else log
     sync_every = 1 if model.xp is np else 16   # on the GPU, losses come back in groups (one sync each)
-    last_good = None   # (path, epoch) of the last checkpoint written
+    last_good = None if resume is None else (Path(resume), step)   # the last checkpoint written or read
 
     def nonfinite(at, value):
-        where = (f"the last good checkpoint is kept: {last_good[0]} (end of epoch {last_good[1]})" if last_good
+        where = (f"the last good checkpoint is kept: {last_good[0]} (after step {last_good[1]})" if last_good
                  else "no checkpoint had been written" + (" yet" if out else " (out=None)"))
         return FloatingPointError(f"non-finite loss ({value}) at step {at} (epoch {epoch + 1}); training stopped, "
                                   f"{where}")
@@ -247,7 +247,7 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
             if out is not None:
                 state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict())
                 save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
-                last_good = (out / "last.safetensors", record["epoch"])
+                last_good = (out / "last.safetensors", step)
                 if improved:
                     save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
                 _atomic(out / "history.json", lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
@@ -263,10 +263,11 @@ def _check_losses(pending, step, loss_sum, n_done, nonfinite, bar):
     raise on the first non-finite one, add them to the running sum; empties `pending`."""
     if not pending:
         return loss_sum, n_done
-    if hasattr(pending[0], "get") and not isinstance(pending[0], (float, np.generic)):   # 0-d CuPy losses
-        values = _check.xp_of(pending[0]).stack(pending).get().tolist()
-    else:
+    if isinstance(pending[0], (float, int, np.generic)):
         values = [float(v) for v in pending]
+    else:   # 0-d CuPy losses: one transfer for the group
+        from cunet.nn.model import _host
+        values = _host(_check.xp_of(pending[0]).stack(pending)).astype(float).tolist()
     for i, v in enumerate(values):
         if not math.isfinite(v):
             raise nonfinite(step - len(values) + i + 1, v)
@@ -293,10 +294,12 @@ def _validate(model, loss, val, k):
     activation, Dice/IoU per class from confusion counts pooled over the whole set; for
     MSE/L1, PSNR with the data range of the validation targets."""
     from cunet import metrics, ops, reference
+    from cunet._ops.metrics import MAX_CLASSES
+    from cunet.nn.model import _host
     model.eval()
     xp, seg = model.xp, getattr(loss, "activation", None) is not None
-    counts = (reference if model.device == "reference" else ops).confusion_counts
-    total, n, tp_fp_fn, sse, size, lo, hi = 0.0, 0, None, 0.0, 0, math.inf, -math.inf
+    counts = (reference if model.device == "reference" or k > MAX_CLASSES else ops).confusion_counts
+    total, n, tp_fp_fn, sse, size, lo, hi = 0.0, 0, None, 0.0, 0, None, None   # device scalars: no sync per batch
     for x, y in val.batches(0):
         x, y = _to_device(model, x, y)
         logits = model.forward(x)
@@ -309,10 +312,10 @@ def _validate(model, loss, val, k):
         elif not seg:
             r = logits.astype(np.float64) - y
             sse, size = sse + (r * r).sum(), size + r.size
-            lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+            lo = y.min() if lo is None else xp.minimum(lo, y.min())
+            hi = y.max() if hi is None else xp.maximum(hi, y.max())
     out = {"val_loss": _num(total / n)}
     if tp_fp_fn is not None:
-        from cunet.nn.model import _host
         tp, fp, fn = _host(tp_fp_fn).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             dice, iou = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)   # NaN: class absent from both
@@ -322,7 +325,7 @@ def _validate(model, loss, val, k):
             present = s[fg][~np.isnan(s[fg])]
             out[f"mean_{name}"] = float(present.mean()) if present.size else None
     elif not seg:
-        mse, rng = float(sse) / size, (hi - lo) if hi > lo else 1.0
+        mse, rng = float(sse) / size, float(hi - lo) or 1.0
         out["psnr"] = _num(10 * math.log10(rng * rng / mse)) if mse > 0 else None
     return out
 
@@ -351,7 +354,10 @@ def _plot(history, path):
         a.set_yscale("log")
     a.set(xlabel="step", title="loss")
     a.legend()
-    if any(v is not None for v in history["mean_dice"]):
+    if all(v is None for v in history["val_loss"]):
+        b.text(0.5, 0.5, "no validation set", ha="center", va="center")
+        b.set_axis_off()
+    elif any(v is not None for v in history["mean_dice"]):
         for k in ("mean_dice", "mean_iou"):
             b.plot(x, [np.nan if v is None else v for v in history[k]], marker=".", label=k)
         b.set(ylim=(0, 1), title="validation (foreground classes)")
@@ -465,7 +471,10 @@ def _resume(path, model, optimizer, schedule):
     train = ckpt["train"]
     if "step" not in train or "optimizer" not in train:
         raise ValueError(f"resume: checkpoint {str(path)!r} was not written by fit (no optimizer/step state)")
-    model.load_state_dict(ckpt["state"])
+    try:
+        model.load_state_dict(ckpt["state"])
+    except ValueError as e:
+        raise ValueError(f"resume: checkpoint {str(path)!r} does not fit this model ({e})") from None
     optimizer.load_state_dict({"hyper": train["optimizer"], "state": ckpt["optim"]})
     saved = train.get("schedule")
     if schedule is not None:

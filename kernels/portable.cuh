@@ -239,7 +239,8 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 // OpenMP needs a canonical loop; simd where the body allows it.
 #define CUNET_PRAGMA(x) _Pragma(#x)
-#define CUNET_LOOP(i, n) CUNET_PRAGMA(omp parallel for simd schedule(static)) \
+// Small loops stay on the calling thread: waking the team costs more than the work.
+#define CUNET_LOOP(i, n) CUNET_PRAGMA(omp parallel for simd schedule(static) if(parallel: (int64_t)(n) > 32768)) \
     for (int64_t i = 0; i < (int64_t)(n); ++i)
 #endif
 
