@@ -103,15 +103,13 @@ def cmd_train(a):
         model.to("cuda")
     loss = losses.DiceCE()
     opt = optim.Adam(model, lr=a.lr)
-    steps = a.epochs * len(src) if a.epochs else None
-    sched = optim.PolyLR(opt, total_steps=steps or 10 ** 9)
+    sched = optim.PolyLR(opt, total_steps=a.epochs * len(src)) if not a.time_budget else None
     out = Path(a.out)
     run_dir = out.with_name(out.stem + "_run")
     print(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
           f" device {a.device}")
-    train.fit(model, loss, opt, src, val, epochs=a.epochs if not a.time_budget else None,
-              steps=None if not a.time_budget else (steps or 10 ** 9), schedule=sched, out=run_dir,
-              num_classes=classes, time_budget=a.time_budget)
+    train.fit(model, loss, opt, src, val, epochs=a.epochs, schedule=sched, out=run_dir, num_classes=classes,
+              time_budget=a.time_budget)
     best = run_dir / ("best.safetensors" if (run_dir / "best.safetensors").exists() else "last.safetensors")
     model.load_state_dict(train.load_checkpoint(best)["state"])
     extra = dict(normalization=norm_cfg, classes=classes, axis=a.axis, patch=list(patch),
@@ -198,7 +196,8 @@ def parser():
     t.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: train on slices of volumes (default)")
     t.add_argument("--classes", type=int, help="number of classes, background included (default: from labels)")
     t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this many seconds")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after this many seconds, or after --epochs, whichever comes first")
     t.add_argument("--val-images", nargs="+", metavar="IMG")
     t.add_argument("--val-labels", nargs="+", metavar="LBL")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

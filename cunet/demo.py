@@ -28,16 +28,30 @@ def _plt():
     return plt
 
 
+def _seconds_per_step(model, loss, src):
+    """One untimed and one timed forward/backward on a training batch (weights unchanged)."""
+    x, y = next(iter(src.batches(0)))
+    x = model.xp.asarray(x)
+    y = model.xp.asarray(y)
+    for _ in range(2):
+        t = time.perf_counter()
+        model.backward(loss(model.forward(x), y)[1])
+        model.zero_grad()
+    return time.perf_counter() - t
+
+
 def _train(model, loss, src, val, out, device, time_budget, epochs, num_classes, lr):
+    """Adam with nnU-Net's polynomial decay over the run: `epochs` epochs, or as many steps
+    as fit in `time_budget` seconds (estimated from a timed step)."""
     from cunet import optim, train
     if device == "cuda":
         model.to("cuda")
     opt = optim.Adam(model, lr=lr)
-    total = (epochs or 10 ** 6) * len(src)
-    sched = optim.PolyLR(opt, total_steps=total if epochs else max(1, int(time_budget * 4)))
+    total = epochs * len(src) if epochs else max(1, int(time_budget / _seconds_per_step(model, loss, src)))
+    sched = optim.PolyLR(opt, total_steps=total)
     t0 = time.perf_counter()
-    hist = train.fit(model, loss, opt, src, val, epochs=epochs, steps=None if epochs else total, schedule=sched,
-                     out=out / "run", num_classes=num_classes, time_budget=None if epochs else time_budget)
+    hist = train.fit(model, loss, opt, src, val, epochs=epochs, schedule=sched, out=out / "run",
+                     num_classes=num_classes, time_budget=None if epochs else time_budget)
     best = out / "run" / "best.safetensors"
     if best.exists():
         model.load_state_dict(train.load_checkpoint(best)["state"])

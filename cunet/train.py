@@ -153,13 +153,14 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
 
     Stops after `epochs` epochs or `steps` steps (counted from the start of the run, so a
     resumed call with the same arguments finishes the original plan), or once
-    `time_budget` seconds of this call have passed (after the current step). Each epoch
+    `time_budget` seconds of this call have passed (after the current step); at least one
+    of the three must be given. Each epoch
     (and at a stop) it validates on `val` in eval mode and, with out=DIR, writes
     DIR/last.safetensors, DIR/best.safetensors (when the score improves), DIR/history.json
     and DIR/history.png. `extra` (JSON-able) goes into the checkpoints ("cunet.extra").
     A non-finite loss raises FloatingPointError; the last checkpoint is left as it was."""
-    if epochs is None and steps is None:
-        raise ValueError("epochs, steps: expected at least one of them, got neither")
+    if epochs is None and steps is None and time_budget is None:
+        raise ValueError("epochs, steps, time_budget: expected at least one of them, got none")
     epochs = None if epochs is None else _check.integer("epochs", epochs, lo=1)
     steps = None if steps is None else _check.integer("steps", steps, lo=1)
     clip = None if clip is None else _check.number("clip", clip, lo=0, lo_open=True)
@@ -184,7 +185,8 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     n_batches = len(train)
     total = min(steps or math.inf, epochs * n_batches if epochs else math.inf)
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=None if total == math.inf else total, initial=min(step, total), disable=not progress,
+               unit="step", dynamic_ncols=True)
     say = bar.write if progress and log is print else log
     sync_every = 1 if model.xp is np else 16   # on the GPU, losses come back in groups (one sync each)
     last_good = None if resume is None else (Path(resume), step)   # the last checkpoint written or read

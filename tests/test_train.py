@@ -303,7 +303,7 @@ def test_fit_argument_errors():
     model = tiny(1)
     opt = optim.SGD(model, 0.1)
     data = discs(8, 2)
-    with pytest.raises(ValueError, match="epochs, steps: expected at least one"):
+    with pytest.raises(ValueError, match="epochs, steps, time_budget: expected at least one"):
         fit(model, losses.BCE(), opt, data, **QUIET)
     with pytest.raises(TypeError, match="train: expected a batch source"):
         fit(model, losses.BCE(), opt, [data], epochs=1, **QUIET)
