@@ -12,6 +12,10 @@
 //   conv_backward_data(DIMS, dy, w, b, dx)     loop over dx         gather, no atomics; + b[ci] if b
 //   conv_backward_weight(DIMS, dy, x, dw)      coop, grid Co*Ci*KD*KH*KW, one weight per block
 //   channel_sum(N, C, S, x, out)               coop, grid C          out[c] = sum over n, s of x
+//
+// Host build: the launchers of the three conv kernels run the register-blocked CPU
+// variants of the "host variants" section instead, unless host_variants() is false
+// (set_host_variants(False) in Python): then the portable kernels run, as on the GPU.
 #pragma once
 #include "portable.cuh"
 
@@ -114,18 +118,493 @@ extern "C" __global__ void channel_sum(int64_t N, int64_t C, int64_t S, const fl
     if (threadIdx.x == 0) out[c] = (float)acc;
 }
 
+// ---- host variants
+// The CPU build's conv (NVRTC and nvcc never see this section). One idea serves all
+// three passes: copy the array that is read (x, or dy for the data gradient) once into
+// a zero-padded buffer, split by stride phase, laid out (C, phase, N, Z, Y, X), in which
+// neighbouring rows, planes and images share their zero padding (a read left of a row
+// lands in the zero tail of the row before). Every tap then reads that buffer at a fixed
+// offset from one flat output index q, so
+//   forward, data gradient:  out[c][q]   = sum over c', taps t of wt(c, c', t) * buf[c'][q + off[t]]
+//   weight gradient:         dw(a, b, t) = sum over q of dyg[a][q] * buf[b][q + off[t]]
+// where q runs over a grid of the buffer's padded extent: q = ((n*Z + z)*Y + y)*X + x,
+// valid where z, y, x are below the output extent (the rest is computed and dropped,
+// or multiplied by zeros of dyg, the dy copy on the grid). Inner loops are 16-float
+// vectors along q with no bounds checks; register blocking: 24 zmm accumulators, as
+// 6 output channels x 64 q (forward, data gradient) or 6 x 4 channel pairs (weight gradient).
+//   stride S: the buffer holds the S phases of each axis, and tap k of an axis reads
+//             phase (k*Dil - P) mod S at shift floor((k*Dil - P)/S): a stride-1 read.
+//   data gradient with stride S: the S^d output phases are separate stride-1 convs over
+//             the dy copy, each with the taps that reach it.
+// Deterministic: every output is summed by one thread in a fixed order; the weight
+// gradient's q-slices are fixed by the shape, not by the thread count, and reduced in order.
+#if defined(CUNET_HOST)
+namespace cunet::conv_host {
+
+typedef float v16 __attribute__((vector_size(64)));                           // one zmm register
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));   // unaligned access
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+inline float hsum16(v16 v) {
+    v8 lo, hi;
+    std::memcpy(&lo, &v, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+    lo += hi;
+    v4 a, b;
+    std::memcpy(&a, &lo, 16);
+    std::memcpy(&b, reinterpret_cast<const char*>(&lo) + 16, 16);
+    a += b;
+    return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+// Scratch per calling thread, grown on demand and kept: fresh pages on every call would
+// cost more than filling them. Slots: 0 read buffer, 1 packed weights / dy grid, 2 partial dw.
+inline float* scratch(int slot, int64_t n) {
+    static thread_local std::vector<float> buf[3];
+    std::vector<float>& v = buf[slot];
+    if ((int64_t)v.size() < n + 16) v.resize(n + 16);
+    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
+}
+
+// The padded, phase-split copy of a (N, C, X0, X1, X2) array: element j of axis a in
+// phase p_a holds source index j*S_a + p_a, zero from the end of the source to len_a (the
+// tail, shared with the next row / plane / image as their leading padding).
+struct Copy {
+    int64_t X[3], len[3], S[3];
+    int64_t pre;   // zeros before the first element: the reach of the most negative read
+    int64_t L() const { return len[0] * len[1] * len[2]; }   // grid positions per image and phase
+    int64_t phases() const { return S[0] * S[1] * S[2]; }
+};
+
+// Axis a of a copy read at copy index o + sh for outputs o < O and shifts sh in [mn, mx]:
+// len holds the O outputs of the grid, and each read is a source element or a zero (of
+// its row's tail, or, for o + sh < 0, of the tail of the row before).
+inline void copy_axis(Copy& g, int a, int64_t X, int64_t S, int64_t O, int64_t mn, int64_t mx) {
+    g.X[a] = X, g.S[a] = S;
+    g.len[a] = std::max({O, O + mx, ceil_div(X, S) + std::max<int64_t>(0, -mn)});
+}
+
+// dst: `pre` zeros, then (C, phases, N, len0, len1, len2) at channel stride Cs >= phases*N*L
+// (the gap zeroed), then `slack` zeros: the dropped grid positions may read past the end.
+inline void make_copy(const float* src, int64_t N, int64_t C, const Copy& g, float* dst, int64_t Cs,
+                      int64_t slack) {
+    std::fill(dst, dst + g.pre, 0.0f);
+    dst += g.pre;
+    const int64_t P = g.phases(), used = P * N * g.L(), rows = C * P * N * g.len[0] * g.len[1];
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t j1 = r % g.len[1], j0 = (r / g.len[1]) % g.len[0], n = (r / (g.len[1] * g.len[0])) % N;
+        const int64_t p = (r / (g.len[1] * g.len[0] * N)) % P, c = r / (g.len[1] * g.len[0] * N * P);
+        const int64_t p2 = p % g.S[2], p1 = (p / g.S[2]) % g.S[1], p0 = p / (g.S[2] * g.S[1]);
+        float* out = dst + c * Cs + ((p * N + n) * g.len[0] + j0) * g.len[1] * g.len[2] + j1 * g.len[2];
+        const int64_t i0 = j0 * g.S[0] + p0, i1 = j1 * g.S[1] + p1, S = g.S[2];
+        const int64_t je = i0 < g.X[0] && i1 < g.X[1] ? std::min(g.len[2], ceil_div(g.X[2] - p2, S)) : 0;
+        const float* in = src + ((n * C + c) * g.X[0] + i0) * g.X[1] * g.X[2] + i1 * g.X[2] + p2;
+        if (S == 1) std::copy(in, in + je, out);
+        else for (int64_t j = 0; j < je; ++j) out[j] = in[j * S];
+        std::fill(out + je, out + g.len[2], 0.0f);
+        if (r % (P * N * g.len[0] * g.len[1]) == 0 && Cs > used) std::fill(dst + c * Cs + used, dst + (c + 1) * Cs, 0.0f);
+    }
+    std::fill(dst + C * Cs, dst + C * Cs + slack, 0.0f);
+}
+
+// Flat offset, from the start of the buffer, of a read at copy index shift (s0, s1, s2).
+inline int64_t copy_offset(const Copy& g, int64_t s0, int64_t s1, int64_t s2) {
+    return g.pre + (s0 * g.len[1] + s1) * g.len[2] + s2;
+}
+
+// Calls f(i, n, z, y, x, m) for each run of valid grid positions in [q0, q1): grid positions
+// q0+i .. q0+i+m-1 are output (n, z, y, x .. x+m-1). Valid: z < O[0], y < O[1], x < O[2].
+template <class F>
+inline void for_runs(int64_t q0, int64_t q1, const int64_t len[3], const int64_t O[3], F&& f) {
+    int64_t x = q0 % len[2], r = q0 / len[2], y = r % len[1], z = (r / len[1]) % len[0], n = r / (len[1] * len[0]);
+    for (int64_t q = q0; q < q1;) {
+        if (x < O[2] && y < O[1] && z < O[0]) {
+            const int64_t m = std::min(O[2] - x, q1 - q);
+            f(q - q0, n, z, y, x, m);
+            q += m, x += m;
+        } else {
+            q += len[2] - x, x = 0;
+            if (++y == len[1]) {
+                y = 0;
+                if (++z == len[0]) z = 0, ++n;
+            }
+        }
+    }
+}
+
+// Block b of n channels cut into ceil(n/most) near-equal blocks (8 -> 4+4, not 6+2).
+inline void channel_block(int64_t n, int64_t most, int64_t b, int64_t& begin, int& size) {
+    const int64_t nblk = (n + most - 1) / most, base = n / nblk, extra = n % nblk;
+    size = (int)(base + (b < extra)), begin = b * base + std::min(b, extra);
+}
+
+// ---- forward / data gradient: out[c][q] = sum over c' < Cin, t < nt of wp * buf[c'*Bs + q + off[t]]
+// The unaligned loads of buf are the scarce resource (a zmm load that crosses a cache line
+// costs about two), so a block of CB output channels x TV vectors of q spends TV loads and
+// CB broadcasts on CB*TV FMAs: on L1-resident data 6 x 4 ran at ~95% of the FMA peak,
+// 4 x 6 at ~75%, 1 x 12 at ~25% (load-bound: the 1- and 2-channel tails).
+constexpr int kCB = 6;        // most output channels per register block
+constexpr int kChunk = 384;   // q per unit of work splitting
+
+// One block: CB output channels x 16*TV positions from q = 0 of B (already at the block).
+// wp: (Cin, nt, kCB) weights of this channel block. tile: (CB, 16*TV).
+template <int CB, int TV>
+inline void flat_tile(const float* __restrict__ B, int64_t Bs, int64_t Cin, const float* __restrict__ wp,
+                      const int64_t* __restrict__ off, int nt, float* __restrict__ tile) {
+    v16 acc[CB][TV];
+#pragma GCC unroll 16
+    for (int j = 0; j < CB; ++j)
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) acc[j][v] = v16{};
+    for (int64_t c = 0; c < Cin; ++c, B += Bs) {
+        for (int t = 0; t < nt; ++t, wp += kCB) {
+            const float* xb = B + off[t];
+            v16 wv[CB];
+#pragma GCC unroll 16
+            for (int j = 0; j < CB; ++j) wv[j] = splat(wp[j]);
+#pragma GCC unroll 16
+            for (int v = 0; v < TV; ++v) {
+                const v16 xv = load16(xb + 16 * v);
+#pragma GCC unroll 16
+                for (int j = 0; j < CB; ++j) acc[j][v] += wv[j] * xv;
+            }
+        }
+    }
+    for (int j = 0; j < CB; ++j)
+        for (int v = 0; v < TV; ++v) std::memcpy(tile + (j * TV + v) * 16, &acc[j][v], 64);
+}
+
+// q per block of nc output channels (the TV of flat_tile<nc, TV> times 16)
+inline int tile_q(int nc) { return 16 * (nc == 6 ? 4 : nc == 5 ? 5 : nc == 4 ? 6 : nc == 3 ? 8 : 12); }
+
+// B: Cin channels of stride Bs, readable to 192 past Q plus the largest offset (the slack).
+// wp: (blocks of Cout, Cin, nt, kCB). store(c0, nc, q0, keep, T, tile): tile (nc, T) holds
+// out[c0 .. c0+nc)[q0 .. q0+T), of which the first `keep` positions are to be stored.
+template <class Store>
+inline void flat_conv(const float* B, int64_t Bs, int64_t Cin, const float* wp, const int64_t* off, int nt,
+                      int64_t Cout, int64_t Q, Store&& store) {
+    const int64_t nblk = (Cout + kCB - 1) / kCB, nunit = (Q + kChunk - 1) / kChunk;
+    int64_t halo = 0;
+    for (int t = 0; t < nt; ++t) halo = std::max(halo, off[t] % Q);   // about the in-plane part
+    // units per chunk: the chunk's rows of every input channel (~1 MiB) stay in L2 while
+    // every channel block passes over them
+    const int64_t per = std::max<int64_t>(2, ((1 << 18) / std::max<int64_t>(Cin, 1) - halo) / kChunk);
+    const int64_t nchunk = (nunit + per - 1) / per;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t it = 0; it < nchunk * nblk; ++it) {
+        const int64_t ch = it / nblk, blk = it % nblk;
+        int64_t c0;
+        int nc;
+        channel_block(Cout, kCB, blk, c0, nc);
+        const int64_t T = tile_q(nc), qe = std::min(Q, (ch + 1) * per * kChunk);
+        const float* w = wp + blk * Cin * nt * kCB;
+        alignas(64) float tile[400];
+        for (int64_t q0 = ch * per * kChunk; q0 < qe; q0 += T) {
+            const float* b = B + q0;
+            switch (nc) {
+                case 1: flat_tile<1, 12>(b, Bs, Cin, w, off, nt, tile); break;
+                case 2: flat_tile<2, 12>(b, Bs, Cin, w, off, nt, tile); break;
+                case 3: flat_tile<3, 8>(b, Bs, Cin, w, off, nt, tile); break;
+                case 4: flat_tile<4, 6>(b, Bs, Cin, w, off, nt, tile); break;
+                case 5: flat_tile<5, 5>(b, Bs, Cin, w, off, nt, tile); break;
+                default: flat_tile<6, 4>(b, Bs, Cin, w, off, nt, tile); break;
+            }
+            store(c0, nc, q0, std::min(T, qe - q0), T, tile);
+        }
+    }
+}
+
+// Weights packed for flat_conv: wp[((blk*Cin + ci)*nt + t)*kCB + j] = weight(c0(blk) + j, ci, t).
+template <class Weight>
+inline void pack_weights(int64_t Cout, int64_t Cin, int nt, float* wp, Weight&& weight) {
+    const int64_t nblk = (Cout + kCB - 1) / kCB;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nblk * Cin; ++i) {
+        int64_t c0;
+        int nc;
+        channel_block(Cout, kCB, i / Cin, c0, nc);
+        for (int t = 0; t < nt; ++t)
+            for (int j = 0; j < kCB; ++j) wp[(i * nt + t) * kCB + j] = j < nc ? weight(c0 + j, i % Cin, t) : 0.0f;
+    }
+}
+
+// ---- weight gradient: dw[(a*Cb + b)*nt + t] = sum over q < Qr of A[a*As + q] * B[b*Bs + q + off[t]]
+// A's rows are 64-byte aligned, B's (at tap offsets) are not: more A rows than B rows per block.
+constexpr int kCA = 6;    // most rows of A per register block
+constexpr int kCBW = 4;   // most rows of B per register block
+
+// vp (kCA, kCBW) vector partial sums, continued (or started, if first) over q in [q0, q1).
+template <int CA, int CB>
+inline void dot_block(const float* __restrict__ A, int64_t As, const float* __restrict__ B, int64_t Bs,
+                      int64_t q0, int64_t q1, bool first, v16* __restrict__ vp) {
+    v16 acc[CA][CB];
+#pragma GCC unroll 8
+    for (int j = 0; j < CA; ++j)
+#pragma GCC unroll 8
+        for (int i = 0; i < CB; ++i) acc[j][i] = first ? v16{} : vp[j * kCBW + i];
+    for (int64_t q = q0; q < q1; q += 16) {
+        v16 a[CA];
+#pragma GCC unroll 8
+        for (int j = 0; j < CA; ++j) a[j] = load16(A + j * As + q);
+#pragma GCC unroll 8
+        for (int i = 0; i < CB; ++i) {
+            const v16 bv = load16(B + i * Bs + q);
+#pragma GCC unroll 8
+            for (int j = 0; j < CA; ++j) acc[j][i] += a[j] * bv;
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < CA; ++j)
+#pragma GCC unroll 8
+        for (int i = 0; i < CB; ++i) vp[j * kCBW + i] = acc[j][i];
+}
+
+template <int CA>
+inline void dot_block_a(int nb, const float* A, int64_t As, const float* B, int64_t Bs, int64_t q0, int64_t q1,
+                        bool first, v16* vp) {
+    switch (nb) {
+        case 1: return dot_block<CA, 1>(A, As, B, Bs, q0, q1, first, vp);
+        case 2: return dot_block<CA, 2>(A, As, B, Bs, q0, q1, first, vp);
+        case 3: return dot_block<CA, 3>(A, As, B, Bs, q0, q1, first, vp);
+        default: return dot_block<CA, 4>(A, As, B, Bs, q0, q1, first, vp);
+    }
+}
+
+// A: Ca rows of stride As (a multiple of 16, 64-byte aligned), zero past the valid grid;
+// Qr a multiple of 16. Work items: (q-slice, block of rows of A), each summing its blocks
+// as 16-lane partials over the slice, chunk by chunk, and reducing them once at the end;
+// the slices' sums are then added in slice order.
+inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int64_t Bs, int64_t Cb,
+                     const int64_t* off, int nt, int64_t Qr, float* dw) {
+    constexpr int64_t kStep = 512;   // q per pass over the (B block, tap) pairs: the rows stay in L1
+    const int64_t nca = (Ca + kCA - 1) / kCA, ncb = (Cb + kCBW - 1) / kCBW, nvec = Qr / 16, size = Ca * Cb * nt;
+    // slices: enough (slice, row block) items for the threads; each slice at least 1024 q, so not empty
+    const int64_t nsl = std::max<int64_t>(1, std::min<int64_t>((8 + nca - 1) / nca, nvec / 64));
+    float* part = nsl == 1 ? dw : scratch(2, nsl * size);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t it = 0; it < nsl * nca; ++it) {
+        const int64_t s = it / nca, qs = nvec * s / nsl * 16, qe = nvec * (s + 1) / nsl * 16;
+        int64_t a0;
+        int na;
+        channel_block(Ca, kCA, it % nca, a0, na);
+        static thread_local std::vector<v16> vbuf;   // (ncb, nt, kCA, kCBW)
+        if ((int64_t)vbuf.size() < ncb * nt * kCA * kCBW) vbuf.resize(ncb * nt * kCA * kCBW);
+        v16* vp = vbuf.data();
+        const float* Ab = A + a0 * As;
+        for (int64_t q0 = qs; q0 < qe; q0 += kStep) {
+            const int64_t q1 = std::min(qe, q0 + kStep);
+            for (int64_t b = 0; b < ncb; ++b) {
+                int64_t b0;
+                int nb;
+                channel_block(Cb, kCBW, b, b0, nb);
+                for (int t = 0; t < nt; ++t) {
+                    const float* Bb = B + b0 * Bs + off[t];
+                    v16* v = vp + (b * nt + t) * kCA * kCBW;
+                    switch (na) {
+                        case 1: dot_block_a<1>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                        case 2: dot_block_a<2>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                        case 3: dot_block_a<3>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                        case 4: dot_block_a<4>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                        case 5: dot_block_a<5>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                        default: dot_block_a<6>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
+                    }
+                }
+            }
+        }
+        float* P = part + s * size;
+        for (int64_t b = 0; b < ncb; ++b) {
+            int64_t b0;
+            int nb;
+            channel_block(Cb, kCBW, b, b0, nb);
+            for (int t = 0; t < nt; ++t)
+                for (int j = 0; j < na; ++j)
+                    for (int i = 0; i < nb; ++i)
+                        P[((a0 + j) * Cb + b0 + i) * nt + t] = hsum16(vp[((b * nt + t) * kCA + j) * kCBW + i]);
+        }
+    }
+    if (nsl > 1) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < size; ++i) {
+            float acc = part[i];
+            for (int64_t s = 1; s < nsl; ++s) acc += part[s * size + i];
+            dw[i] = acc;
+        }
+    }
+}
+
+// The buffer of x read by forward and weight gradient, and each tap's offset into it:
+// along an axis, output o and tap k read input o*S - P + k*Dil = (o + sh)*S + ph, i.e.
+// copy index o + sh in phase ph.
+inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
+    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
+    (void)Ci, (void)Co;
+    Copy g;
+    int64_t lo[3];
+    for (int a = 0; a < 3; ++a) {
+        int64_t mn = floor_div(-P[a], S[a]), mx = mn;
+        for (int64_t k = 1; k < K[a]; ++k)
+            mn = std::min(mn, floor_div(k * Dl[a] - P[a], S[a])), mx = std::max(mx, floor_div(k * Dl[a] - P[a], S[a]));
+        copy_axis(g, a, X[a], S[a], O[a], mn, mx);
+        lo[a] = std::max<int64_t>(0, -mn);
+    }
+    g.pre = (lo[0] * g.len[1] + lo[1]) * g.len[2] + lo[2];
+    off.clear();
+    for (int64_t kz = 0; kz < KD; ++kz)
+        for (int64_t ky = 0; ky < KH; ++ky)
+            for (int64_t kx = 0; kx < KW; ++kx) {
+                const int64_t k[3] = {kz, ky, kx};
+                int64_t sh[3], ph[3];
+                for (int a = 0; a < 3; ++a) {
+                    const int64_t v = k[a] * Dl[a] - P[a];
+                    sh[a] = floor_div(v, S[a]), ph[a] = v - sh[a] * S[a];
+                }
+                const int64_t phase = (ph[0] * S[1] + ph[1]) * S[2] + ph[2];
+                off.push_back(phase * N * g.L() + copy_offset(g, sh[0], sh[1], sh[2]));
+            }
+    return g;
+}
+
+inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y) {
+    if (N * Co * Do * Ho * Wo == 0) return;
+    std::vector<int64_t> off;
+    const Copy g = read_copy(CUNET_CONV_ARGS, off);
+    const int nt = (int)off.size();
+    const int64_t Bs = g.phases() * N * g.L(), slack = g.L() + kChunk + 16;
+    float* B = scratch(0, g.pre + Ci * Bs + slack);
+    make_copy(x, N, Ci, g, B, Bs, slack);
+    float* wp = scratch(1, (Co + kCB - 1) / kCB * Ci * nt * kCB);
+    pack_weights(Co, Ci, nt, wp, [&](int64_t co, int64_t ci, int t) { return w[(co * Ci + ci) * nt + t]; });
+    const int64_t O[3] = {Do, Ho, Wo}, Q = N * g.L();
+    flat_conv(B, Bs, Ci, wp, off.data(), nt, Co, Q, [&](int64_t c0, int nc, int64_t q0, int64_t keep, int64_t T, const float* tile) {
+        for_runs(q0, q0 + keep, g.len, O, [&](int64_t i, int64_t n, int64_t z, int64_t yy, int64_t xx, int64_t m) {
+            for (int j = 0; j < nc; ++j) {
+                float* dst = y + (((n * Co + c0 + j) * Do + z) * Ho + yy) * Wo + xx;
+                const float* src = tile + j * T + i;
+                const float bias = b ? b[c0 + j] : 0.0f;
+                for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias;
+            }
+        });
+    });
+}
+
+// dx[i] gathers dy[(i + P - k*Dil)/S] where the division is exact. Output phase r of an axis
+// (i = i'*S + r) is reached by the taps with r + P - k*Dil = e*S, at dy index i' + e.
+inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
+                                    float* dx) {
+    if (N * Ci * D * H * W == 0) return;
+    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
+    Copy g;   // dy, one phase, read at copy index i' + e by every (phase, tap)
+    int64_t lo[3];
+    for (int a = 0; a < 3; ++a) {
+        int64_t mn = INT64_MAX, mx = INT64_MIN;
+        for (int64_t r = 0; r < S[a]; ++r)
+            for (int64_t k = 0; k < K[a]; ++k) {
+                const int64_t v = r + P[a] - k * Dl[a], e = floor_div(v, S[a]);
+                if (e * S[a] == v) mn = std::min(mn, e), mx = std::max(mx, e);
+            }
+        copy_axis(g, a, O[a], 1, ceil_div(X[a], S[a]), mn, mx);
+        lo[a] = std::max<int64_t>(0, -mn);
+    }
+    g.pre = (lo[0] * g.len[1] + lo[1]) * g.len[2] + lo[2];
+    const int64_t Bs = N * g.L(), slack = g.L() + kChunk + 16, ncb = (Ci + kCB - 1) / kCB, nk = KD * KH * KW;
+    float* B = scratch(0, g.pre + Co * Bs + slack);
+    make_copy(dy, N, Co, g, B, Bs, slack);
+    float* wp = scratch(1, ncb * Co * nk * kCB);
+    std::vector<int64_t> off, tap;
+    for (int64_t rz = 0; rz < SD; ++rz)
+        for (int64_t ry = 0; ry < SH; ++ry)
+            for (int64_t rx = 0; rx < SW; ++rx) {
+                const int64_t r[3] = {rz, ry, rx};
+                int64_t Or[3];   // outputs of this phase along each axis
+                for (int a = 0; a < 3; ++a) Or[a] = ceil_div(X[a] - r[a], S[a]);
+                if (Or[0] * Or[1] * Or[2] == 0) continue;
+                off.clear(), tap.clear();
+                for (int64_t kz = 0; kz < KD; ++kz)
+                    for (int64_t ky = 0; ky < KH; ++ky)
+                        for (int64_t kx = 0; kx < KW; ++kx) {
+                            const int64_t k[3] = {kz, ky, kx};
+                            int64_t e[3];
+                            bool hit = true;
+                            for (int a = 0; a < 3; ++a) {
+                                const int64_t v = r[a] + P[a] - k[a] * Dl[a];
+                                e[a] = floor_div(v, S[a]);
+                                hit = hit && e[a] * S[a] == v;
+                            }
+                            if (!hit) continue;
+                            tap.push_back((kz * KH + ky) * KW + kx);
+                            off.push_back(copy_offset(g, e[0], e[1], e[2]));
+                        }
+                const int nt = (int)tap.size();
+                pack_weights(Ci, Co, nt, wp, [&](int64_t ci, int64_t co, int t) { return w[(co * Ci + ci) * nk + tap[t]]; });
+                const int64_t Q = N * g.L();
+                flat_conv(B, Bs, Co, wp, off.data(), nt, Ci, Q, [&](int64_t c0, int nc, int64_t q0, int64_t keep, int64_t T, const float* tile) {
+                    for_runs(q0, q0 + keep, g.len, Or,
+                             [&](int64_t i, int64_t n, int64_t z, int64_t yy, int64_t xx, int64_t m) {
+                        for (int j = 0; j < nc; ++j) {
+                            float* dst = dx + (((n * Ci + c0 + j) * D + z * SD + rz) * H + yy * SH + ry) * W + xx * SW + rx;
+                            const float* src = tile + j * T + i;
+                            const float bias = b ? b[c0 + j] : 0.0f;
+                            for (int64_t u = 0; u < m; ++u) dst[u * SW] = src[u] + bias;
+                        }
+                    });
+                });
+            }
+}
+
+inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw) {
+    const int64_t nk = KD * KH * KW;
+    if (Co * Ci * nk == 0) return;
+    if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
+    std::vector<int64_t> off;
+    const Copy g = read_copy(CUNET_CONV_ARGS, off);
+    const int64_t Bs = g.phases() * N * g.L(), Q = N * g.L(), Qr = (Q + 15) / 16 * 16, slack = g.L() + kChunk + 16;
+    float* B = scratch(0, g.pre + Ci * Bs + slack);
+    make_copy(x, N, Ci, g, B, Bs, slack);
+    Copy ga = g;   // dy on the grid: zero at the dropped positions, rows padded to Qr with zeros
+    for (int a = 0; a < 3; ++a) ga.S[a] = 1;
+    ga.X[0] = Do, ga.X[1] = Ho, ga.X[2] = Wo, ga.pre = 0;
+    float* A = scratch(1, Co * Qr);
+    make_copy(dy, N, Co, ga, A, Qr, 0);
+    dot_conv(A, Qr, Co, B, Bs, Ci, off.data(), (int)nk, Qr, dw);
+}
+
+}  // namespace cunet::conv_host
+#endif
+
 // ---- launchers
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
 
+// Host-side switch: the conv launchers run the host variants (default, fast) or the
+// portable kernels (tests run both). Ignored on the GPU.
+inline bool& host_variants() { static bool on = true; return on; }
+
 inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y);
+#endif
     CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y);
 }
 inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
                                Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx);
+#endif
     CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, dx);
 }
 inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
+#endif
     CUNET_LAUNCH(::conv_backward_weight, dim3(Co * Ci * KD * KH * KW), dim3(coop_block()), s, CUNET_CONV_ARGS,
                  dy, x, dw);
 }

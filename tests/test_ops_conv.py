@@ -1,11 +1,24 @@
-"""cunet.ops conv and transposed conv (kernels/conv.cuh) against cunet.reference."""
+"""cunet.ops conv and transposed conv (kernels/conv.cuh) against cunet.reference.
+
+Every case runs twice on the host: through the CPU variants of kernels/conv.cuh (the
+default) and through the portable kernels the GPU runs, the latter both ways
+`block_mode` runs cooperative kernels."""
 import numpy as np
 import pytest
 
 from conftest import DEVICES, to_device, to_numpy
 from cunet import ops, reference as R
+from cunet._ops import conv as conv_ops
 
 rng = np.random.default_rng(2)
+
+
+@pytest.fixture(params=["host", "portable"])
+def variant(request):
+    """host: the conv launchers run the CPU variants; portable: the GPU kernels' code."""
+    conv_ops.set_host_variants(request.param == "host")
+    yield request.param
+    conv_ops.set_host_variants(True)
 
 
 def close(got, want, k):
@@ -26,12 +39,34 @@ CONV = [
     ((6, 6, 5), 1, 3, 2, 2, 2, 0, 1),
     ((5, 5, 5), 3, 2, 3, 1, 1, 0, 1),
     ((6, 5, 7), 1, 3, 2, (1, 3, 2), (1, 2, 1), (0, 1, 0), 1),
+    # edges of the host variants: widths below / around the 16-float vector, channel counts
+    # that split into uneven blocks of at most 6 (forward, data gradient) and 6x4 (weight
+    # gradient), stride phases, dilation, padding past the kernel's reach, 1x1, 3D, and
+    # grids long enough for several work chunks and weight-gradient slices
+    ((7, 1), 3, 3, 5, 3, 1, 1, 1),
+    ((7, 9), 3, 7, 13, 3, 1, 1, 1),
+    ((1, 17), 1, 5, 3, 3, 1, 1, 1),
+    ((5, 3), 3, 17, 1, 3, 1, 1, 1),
+    ((9, 33), 3, 1, 17, 3, 1, 1, 1),
+    ((17, 17), 3, 3, 5, 3, 2, 1, 1),
+    ((16, 15), 1, 5, 3, 3, 2, 1, 1),
+    ((9, 17), 1, 5, 3, 3, 1, 2, 2),
+    ((11, 13), 3, 3, 5, 3, 3, 2, 2),
+    ((17, 33), 3, 17, 2, 1, 1, 0, 1),
+    ((6, 5), 1, 5, 3, 1, 1, 2, 1),
+    ((16, 18), 1, 5, 17, 2, 2, 0, 1),
+    ((40, 70), 3, 5, 3, 3, 1, 1, 1),
+    ((16, 20), 3, 130, 2, 3, 1, 1, 1),
+    ((3, 17, 5), 3, 17, 5, 3, 1, 1, 1),
+    ((9, 1, 17), 1, 1, 3, 3, 2, 1, 1),
+    ((4, 6, 8), 1, 5, 17, 2, 2, 0, 1),
+    ((5, 4, 33), 1, 3, 1, 3, 1, 2, 2),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CONV, ids=str)
-def test_conv_matches_reference(case, device, block_mode):
+def test_conv_matches_reference(case, device, block_mode, variant):
     sz, n, ci, co, k, s, p, d = case
     kk = (k,) * len(sz) if isinstance(k, int) else k
     x = rng.standard_normal((n, ci) + sz).astype(np.float32)
@@ -57,12 +92,17 @@ CONVT = [
     ((3, 3), 3, 2, 2, 3, 3, 0, 2),
     ((3, 4, 5), 1, 3, 5, 2, 2, 0, 0),
     ((3, 3, 2), 3, 3, 2, 3, 2, 1, 1),
+    ((1, 17), 3, 5, 1, 2, 2, 0, 0),
+    ((8, 8), 1, 17, 3, 2, 2, 0, 0),
+    ((7, 9), 1, 3, 5, 3, 2, 1, 1),
+    ((5, 6), 3, 2, 3, 1, 2, 0, 1),
+    ((3, 5, 4), 3, 5, 17, 2, 2, 0, 0),
 ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CONVT, ids=str)
-def test_conv_transpose_matches_reference(case, device, block_mode):
+def test_conv_transpose_matches_reference(case, device, block_mode, variant):
     sz, n, ci, co, k, s, p, op = case
     x = rng.standard_normal((n, ci) + sz).astype(np.float32)
     w = rng.standard_normal((ci, co) + (k,) * len(sz)).astype(np.float32)
@@ -76,6 +116,26 @@ def test_conv_transpose_matches_reference(case, device, block_mode):
     close(got[0], want[0], co * k ** len(sz))
     close(got[1], want[1], x[:, 0].size)
     close(got[2], want[2], dy[:, 0].size)
+
+
+def test_conv_host_variants_are_deterministic():
+    """Same inputs, same bits: no thread-order dependence (weight-gradient slices included)."""
+    x = rng.standard_normal((3, 5, 40, 70)).astype(np.float32)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((3, 7, 40, 70)).astype(np.float32)
+    first = (ops.conv_forward(x, w, None, 1, 1),) + ops.conv_backward(dy, x, w, 1, 1)
+    for _ in range(3):
+        again = (ops.conv_forward(x, w, None, 1, 1),) + ops.conv_backward(dy, x, w, 1, 1)
+        for a, b in zip(first, again):
+            assert np.array_equal(a, b)
+
+
+def test_set_host_variants_switches_and_restores():
+    assert conv_ops.native().host_variants()
+    conv_ops.set_host_variants(False)
+    assert not conv_ops.native().host_variants()
+    conv_ops.set_host_variants(True)
+    assert conv_ops.native().host_variants()
 
 
 def test_conv_ops_errors_match_reference():
