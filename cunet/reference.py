@@ -36,20 +36,26 @@ def _conv_geometry(x_shape, k, stride, padding, dilation, x_name="x"):
     return tuple(out)
 
 
-def _conv_args(x, w, b, stride, padding, dilation):
-    """-> (stride, padding, dilation, out_spatial) as tuples; checks shapes and dtypes."""
+def _weight_args(x, w, b, transposed):
+    """x, a weight of layout (Co, Ci, *k) (or (Ci, Co, *k) when transposed) and a bias (Co,)."""
     _check.image("x", x)
     _check.array("w", w, ndim=x.ndim)
     _check.same_dtype("w", w, "x", x)
     _check.same_device("w", w, "x", x)
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w: expected {x.shape[1]} input channels (x has shape {tuple(x.shape)}), "
-                         f"got w of shape {tuple(w.shape)}")
+    ci, co = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+    if ci != x.shape[1]:
+        where = " first (layout (Ci, Co, *k))" if transposed else f" (x has shape {tuple(x.shape)})"
+        raise ValueError(f"w: expected {x.shape[1]} input channels{where}, got w of shape {tuple(w.shape)}")
     if b is not None:
         _check.array("b", b, ndim=1)
         _check.same_dtype("b", b, "x", x)
-        if b.shape[0] != w.shape[0]:
-            raise ValueError(f"b: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+        if b.shape[0] != co:
+            raise ValueError(f"b: expected shape ({co},), got {tuple(b.shape)}")
+
+
+def _conv_args(x, w, b, stride, padding, dilation):
+    """-> (stride, padding, dilation, out_spatial) as tuples; checks shapes and dtypes."""
+    _weight_args(x, w, b, transposed=False)
     nd = x.ndim - 2
     stride = _check.tuple_arg("stride", stride, nd, minimum=1)
     padding = _check.tuple_arg("padding", padding, nd, minimum=0)
@@ -70,18 +76,7 @@ def _conv_backward_args(dy, x, w, stride, padding, dilation):
 
 def _conv_transpose_args(x, w, b, stride, padding, output_padding):
     """-> (stride, padding, output_padding, out_spatial)."""
-    _check.image("x", x)
-    _check.array("w", w, ndim=x.ndim)
-    _check.same_dtype("w", w, "x", x)
-    _check.same_device("w", w, "x", x)
-    if w.shape[0] != x.shape[1]:
-        raise ValueError(f"w: expected {x.shape[1]} input channels first (layout (Ci, Co, *k)), "
-                         f"got w of shape {tuple(w.shape)}")
-    if b is not None:
-        _check.array("b", b, ndim=1)
-        _check.same_dtype("b", b, "x", x)
-        if b.shape[0] != w.shape[1]:
-            raise ValueError(f"b: expected shape ({w.shape[1]},), got {tuple(b.shape)}")
+    _weight_args(x, w, b, transposed=True)
     nd = x.ndim - 2
     stride = _check.tuple_arg("stride", stride, nd, minimum=1)
     padding = _check.tuple_arg("padding", padding, nd, minimum=0)
@@ -779,16 +774,33 @@ def _decay(weight_decay, l1):
     return _check.number("weight_decay", weight_decay, lo=0), _check.number("l1", l1, lo=0)
 
 
-def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
-    """torch.optim.SGD (dampening 0) plus an L1 term. velocity starts at zeros, which
-    reproduces PyTorch's first step (buffer = g); it is untouched when momentum == 0."""
+def _sgd_args(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1):
+    """Checks shared with cunet.ops -> (lr, momentum, weight_decay, l1) as floats."""
     _optim_arrays(param=param, grad=grad, velocity=velocity)
     lr = _check.number("lr", lr, lo=0, lo_open=True)
     mu = _check.number("momentum", momentum, lo=0, hi=1, hi_open=True)
     _check.choice("nesterov", nesterov, (False, True))
     if nesterov and mu == 0:
         raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0.0")
-    wd, l1 = _decay(weight_decay, l1)
+    return (lr, mu) + _decay(weight_decay, l1)
+
+
+def _adam_args(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, l1, decoupled):
+    """Checks shared with cunet.ops -> (step, lr, beta1, beta2, eps, weight_decay, l1)."""
+    _optim_arrays(param=param, grad=grad, m=m, v=v)
+    step = _check.integer("step", step, lo=1)
+    lr = _check.number("lr", lr, lo=0, lo_open=True)
+    b1 = _check.number("beta1", beta1, lo=0, hi=1, hi_open=True)
+    b2 = _check.number("beta2", beta2, lo=0, hi=1, hi_open=True)
+    eps = _check.number("eps", eps, lo=0, lo_open=True)
+    _check.choice("decoupled", decoupled, (False, True))
+    return (step, lr, b1, b2, eps) + tuple(_decay(weight_decay, l1))
+
+
+def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+    """torch.optim.SGD (dampening 0) plus an L1 term. velocity starts at zeros, which
+    reproduces PyTorch's first step (buffer = g); it is untouched when momentum == 0."""
+    lr, mu, wd, l1 = _sgd_args(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1)
     xp = _check.xp_of(param)
     p = param.astype(F64)
     g = grad.astype(F64) + wd * p + l1 * xp.sign(p)
@@ -804,14 +816,8 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     """torch.optim.Adam (decoupled=False: weight decay added to the gradient) or AdamW
     (decoupled=True: param *= 1 - lr*weight_decay before the step), plus an L1 term taken
     at the (decayed) parameter. step is the 1-based index of this update; m, v start at 0."""
-    _optim_arrays(param=param, grad=grad, m=m, v=v)
-    step = _check.integer("step", step, lo=1)
-    lr = _check.number("lr", lr, lo=0, lo_open=True)
-    b1 = _check.number("beta1", beta1, lo=0, hi=1, hi_open=True)
-    b2 = _check.number("beta2", beta2, lo=0, hi=1, hi_open=True)
-    eps = _check.number("eps", eps, lo=0, lo_open=True)
-    wd, l1 = _decay(weight_decay, l1)
-    _check.choice("decoupled", decoupled, (False, True))
+    step, lr, b1, b2, eps, wd, l1 = _adam_args(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, l1,
+                                               decoupled)
     xp = _check.xp_of(param)
     p = param.astype(F64)
     if decoupled:

@@ -3,7 +3,7 @@ import math
 
 from cunet import _check
 from cunet._ops.core import coop, empty, f32, is_cupy, loop, register, run
-from cunet.reference import _decay, _optim_arrays
+from cunet.reference import _adam_args, _sgd_args
 
 register("optim", "sgd_update", "adam_update", "norms_partials", "norms_finalize")
 
@@ -16,27 +16,15 @@ def _f32(**arrays):
 
 
 def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
-    _optim_arrays(param=param, grad=grad, velocity=velocity)
-    lr = _check.number("lr", lr, lo=0, lo_open=True)
-    mu = _check.number("momentum", momentum, lo=0, hi=1, hi_open=True)
-    _check.choice("nesterov", nesterov, (False, True))
-    if nesterov and mu == 0:
-        raise ValueError("nesterov: expected momentum > 0 with nesterov=True, got momentum=0.0")
-    wd, l1 = _decay(weight_decay, l1)
+    lr, mu, wd, l1 = _sgd_args(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1)
     _f32(param=param, grad=grad, velocity=velocity)
     run("sgd_update", loop(param.size), param.size, param, grad, velocity, lr, mu, int(nesterov), wd, l1)
 
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0, l1=0.0, decoupled=False):
-    _optim_arrays(param=param, grad=grad, m=m, v=v)
-    step = _check.integer("step", step, lo=1)
-    lr = _check.number("lr", lr, lo=0, lo_open=True)
-    b1 = _check.number("beta1", beta1, lo=0, hi=1, hi_open=True)
-    b2 = _check.number("beta2", beta2, lo=0, hi=1, hi_open=True)
-    eps = _check.number("eps", eps, lo=0, lo_open=True)
-    wd, l1 = _decay(weight_decay, l1)
-    _check.choice("decoupled", decoupled, (False, True))
+    step, lr, b1, b2, eps, wd, l1 = _adam_args(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, l1,
+                                               decoupled)
     _f32(param=param, grad=grad, m=m, v=v)
     run("adam_update", loop(param.size), param.size, param, grad, m, v, lr, 1 - b1, 1 - b2, eps, wd, l1,
         int(decoupled), 1 - b1 ** step, math.sqrt(1 - b2 ** step))
