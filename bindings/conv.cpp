@@ -10,7 +10,4 @@ void cunet::bind_conv(py::module_& m) {
         cunet::conv_backward_weight(CUNET_CONV_ARGS, cf(dy), cf(x), f(dw)); });
     CUNET_DEF(channel_sum, [](int64_t N, int64_t C, int64_t S, P x, P out) {
         cunet::channel_sum(N, C, S, cf(x), f(out)); });
-    m.def("set_host_variants", [](bool on) { cunet::host_variants() = on; },
-          "Host build: run the conv launchers' CPU variants (default) instead of the portable kernels.");
-    m.def("host_variants", []() { return cunet::host_variants(); });
 }

@@ -17,5 +17,9 @@ PYBIND11_MODULE(_native, m) {
     m.def("set_emulate_blocks", [](bool on) { cunet::emulate_blocks() = on; },
           "Run cooperative kernels through the host block emulation (GPU block size) instead of one thread per block.");
     m.def("emulate_blocks", []() { return cunet::emulate_blocks(); });
+    m.def("set_host_variants", [](bool on) { cunet::host_variants() = on; },
+          "Host build: run the launchers' CPU variants (conv, concat, channel sums; default) instead of the "
+          "portable kernels.");
+    m.def("host_variants", []() { return cunet::host_variants(); });
     for (auto bind : cunet::bind_families) bind(m);
 }

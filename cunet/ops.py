@@ -8,7 +8,7 @@ are checked once, with the same errors as cunet.reference; the kernels take floa
 """
 from cunet._ops.act import *  # noqa: F401,F403
 from cunet._ops.conv import *  # noqa: F401,F403
-from cunet._ops.core import set_emulate_blocks  # noqa: F401
+from cunet._ops.core import set_emulate_blocks, set_host_variants  # noqa: F401
 from cunet._ops.pool import *  # noqa: F401,F403,E402
 from cunet._ops.upsample import *  # noqa: F401,F403,E402
 from cunet._ops.concat import *  # noqa: F401,F403,E402

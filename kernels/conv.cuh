@@ -584,10 +584,6 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
 
-// Host-side switch: the conv launchers run the host variants (default, fast) or the
-// portable kernels (tests run both). Ignored on the GPU.
-inline bool& host_variants() { static bool on = true; return on; }
-
 inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, Stream s = 0) {
 #if defined(CUNET_HOST)
     if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y);
@@ -609,6 +605,23 @@ inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* 
                  dy, x, dw);
 }
 inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) {   // one thread per channel, rows summed with vector partial sums
+#pragma omp parallel for schedule(static) if (N * C * S > 32768)
+        for (int64_t c = 0; c < C; ++c) {
+            double acc = 0.0;
+            for (int64_t n = 0; n < N; ++n) {
+                const float* row = x + (n * C + c) * S;
+                float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+                for (int64_t i = 0; i < S; ++i) part += row[i];
+                acc += part;
+            }
+            out[c] = (float)acc;
+        }
+        return;
+    }
+#endif
     CUNET_LAUNCH(::channel_sum, dim3(C), dim3(coop_block()), s, N, C, S, x, out);
 }
 

@@ -315,6 +315,11 @@ using Stream = void*;
 // block emulation (tests) instead of one thread per block (speed). Ignored on the GPU.
 inline bool& emulate_blocks() { static bool on = false; return on; }
 
+// Host-side switch: launchers that have a CPU-specific variant beside the portable kernel
+// (conv, concat, channel sums) run it (default, fast) or the portable kernel as on the GPU
+// (tests run both). Ignored on the GPU.
+inline bool& host_variants() { static bool on = true; return on; }
+
 // Threads per block for a cooperative kernel: kBlock on the GPU and under emulation, else 1.
 inline unsigned coop_block() {
 #if defined(CUNET_GPU)

@@ -59,10 +59,17 @@ def test_upsample_matches_reference(shape, scale, mode, device):
                                R.upsample_backward(dy.astype(np.float64), shape, scale, mode), rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(params=["host", "portable"])
+def variant(request):
+    ops.set_host_variants(request.param == "host")
+    yield request.param
+    ops.set_host_variants(True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shapes", [[(2, 3, 5, 7), (2, 5, 5, 7)], [(1, 1, 3, 4, 5), (1, 17, 3, 4, 5), (1, 2, 3, 4, 5)]],
-                         ids=str)
-def test_concat_matches_reference(shapes, device):
+@pytest.mark.parametrize("shapes", [[(2, 3, 5, 7), (2, 5, 5, 7)], [(1, 1, 3, 4, 5), (1, 17, 3, 4, 5), (1, 2, 3, 4, 5)],
+                                    [(3, 40, 17, 60), (3, 24, 17, 60)]], ids=str)
+def test_concat_matches_reference(shapes, device, variant):
     xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     y = ops.concat_forward([to_device(a, device) for a in xs])
     np.testing.assert_array_equal(to_numpy(y), R.concat_forward(xs))

@@ -2,17 +2,10 @@
 import numpy as np
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32, lift, loop, native, register, run
+from cunet._ops.core import coop, empty, f32, lift, loop, register, run, set_host_variants  # noqa: F401
 from cunet.reference import _conv_args, _conv_backward_args, _conv_transpose_args
 
 register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum")
-
-
-def set_host_variants(on):
-    """Host build: run conv_forward / conv_backward_data / conv_backward_weight as the
-    register-blocked CPU variants of kernels/conv.cuh (default, fast) or as the portable
-    kernels that the GPU runs (tests compare both with the reference). No effect on CuPy arrays."""
-    native().set_host_variants(bool(on))
 
 
 def _dims(x_shape, w_shape, co, out, stride, padding, dilation):

@@ -124,6 +124,13 @@ def f32(name, a):
     return a
 
 
+def set_host_variants(on):
+    """Host build: launchers with a CPU-specific variant beside the portable kernel (conv
+    forward/data/weight, concat, channel sums) run it (default, fast) or the portable kernel
+    that the GPU runs (tests compare both with the reference). No effect on CuPy arrays."""
+    native().set_host_variants(bool(on))
+
+
 def set_emulate_blocks(on):
     """Host build: run cooperative kernels through the fiber block emulation with their
     GPU block size (slow; tests) instead of one thread per block (fast)."""
