@@ -154,14 +154,14 @@ def denoise(out, device, time_budget, epochs):
     d = datasets.denoise()
     src = train.ArrayBatches(d["train_noisy"], d["train_noisy2"], batch_size=8, seed=0)   # Noise2Noise pairs
     val = train.ArrayBatches(d["val_noisy"], d["val_noisy2"], batch_size=8, shuffle=False)
-    model = cunet.UNet(dims=2, in_channels=1, out_channels=1, base=16, depth=3, seed=0)
+    model = cunet.UNet(dims=2, in_channels=1, out_channels=1, base=8, depth=3, norm="batch", seed=0)
     print(f"denoise: Noise2Noise on {len(d['train_noisy'])} slice pairs, noise sigma {d['noise']}")
     loss = losses.MSE()
-    hist, secs = _train(model, loss, src, val, out, device, time_budget, epochs, None, 1e-3)
+    hist, secs = _train(model, loss, src, val, out, device, time_budget, epochs, None, 3e-3)
     model.eval()
     pred = np.stack([np.asarray(infer.predict_logits(model, x)) for x in d["val_noisy"]])
     # the baseline's sigma is chosen on the training slices, against the clean images
-    sigmas = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+    sigmas = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
     best = max(sigmas, key=lambda s: datasets.psnr(gaussian_filter(d["train_noisy"][:16], (0, 0, s, s)),
                                                   d["train_clean"][:16]))
     base = gaussian_filter(d["val_noisy"], (0, 0, best, best))
@@ -172,7 +172,7 @@ def denoise(out, device, time_budget, epochs):
                           extra=dict(normalization={"method": "none"}, task="restoration"))
     plt = _plt()
     k = len(pred) // 2
-    fig, ax = plt.subplots(1, 4, figsize=(14, 4))
+    fig, ax = plt.subplots(1, 4, figsize=(14, 4.4))
     for a, im, name in zip(ax, (d["val_clean"][k, 0], d["val_noisy"][k, 0], base[k, 0], pred[k, 0]),
                            ("clean", f"noisy {scores['psnr_noisy']:.1f} dB",
                             f"Gaussian s={best} {scores['psnr_gaussian']:.1f} dB",
