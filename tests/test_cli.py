@@ -81,3 +81,27 @@ def test_info_runs_as_an_installed_command():
     assert out.returncode == 0, out.stderr
     assert "cunet 0.1.0" in out.stdout and "host build" in out.stdout and "conv" in out.stdout
     assert "GPU:" in out.stdout
+
+
+def test_train_and_predict_a_3d_model_with_sliding_windows(crop, tmp_path, capsys):
+    root, img, lab, affine = crop
+    model = tmp_path / "m3.safetensors"
+    rc = cli.main(["train", str(root / "t1.nii.gz"), "--labels", str(root / "seg.nii.gz"), "--out", str(model),
+                   "--dims", "3", "--epochs", "2", "--base", "2", "--depth", "1", "--patch", "16", "16", "8",
+                   "--batch-size", "2", "--steps-per-epoch", "2", "--no-augment"])
+    assert rc == 0, capsys.readouterr().err
+    out = tmp_path / "p3.nii.gz"
+    assert cli.main(["predict", str(model), str(root / "t1.nii.gz"), str(out)]) == 0   # windows of 16x16x8
+    pred = nib.load(out)
+    assert pred.shape == lab.shape
+    np.testing.assert_allclose(pred.affine, affine)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(crop, capsys):
+    root = crop[0]
+    pytest.importorskip("cupy")
+    from conftest import GPU
+    if GPU:
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    rc = cli.main(["predict", "m.safetensors", str(root / "t1.nii.gz"), "o.nii.gz", "--device", "cuda"])
+    assert rc == 2 and "--device cuda: no CUDA device found" in capsys.readouterr().err
