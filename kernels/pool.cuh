@@ -6,7 +6,8 @@
 //
 // Entry points (loop kernels):
 //   maxpool_forward(N*C, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, x, y, argmax)
-//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)   dx must be zeroed; scatter by
+//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)
+// Host build: maxpool_forward's launcher runs a row-wise loop unless host_variants() is off.   dx must be zeroed; scatter by
 //       atomicAdd, so overlapping windows (stride < kernel) sum in an unspecified order
 #pragma once
 #include "portable.cuh"
@@ -54,6 +55,35 @@ namespace cunet {
 inline void maxpool_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t Do, int64_t Ho, int64_t Wo,
                             int64_t KD, int64_t KH, int64_t KW, int64_t SD, int64_t SH, int64_t SW, int64_t PD,
                             int64_t PH, int64_t PW, const float* x, float* y, int64_t* argmax, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) {   // one output row per iteration: no index division per element
+#pragma omp parallel for schedule(static) if (NC * Do * Ho * Wo > 32768)
+        for (int64_t row = 0; row < NC * Do * Ho; ++row) {
+            const int64_t oy = row % Ho, oz = (row / Ho) % Do, nc = row / (Ho * Do);
+            const int64_t z0 = oz * SD - PD, y0 = oy * SH - PH;
+            const int64_t za = z0 > 0 ? z0 : 0, zb = z0 + KD < D ? z0 + KD : D;
+            const int64_t ya = y0 > 0 ? y0 : 0, yb = y0 + KH < H ? y0 + KH : H;
+            const float* xc = x + nc * D * H * W;
+            float* yr = y + row * Wo;
+            int64_t* ar = argmax + row * Wo;
+            for (int64_t ox = 0; ox < Wo; ++ox) {
+                const int64_t x0 = ox * SW - PW, xa = x0 > 0 ? x0 : 0, xb = x0 + KW < W ? x0 + KW : W;
+                float best = cunet::neg_inf();
+                int64_t arg = (za * H + ya) * W + xa;   // the window's first real voxel (all -inf)
+                for (int64_t iz = za; iz < zb; ++iz)
+                    for (int64_t iy = ya; iy < yb; ++iy)
+                        for (int64_t ix = xa; ix < xb; ++ix) {
+                            const int64_t at = (iz * H + iy) * W + ix;
+                            const float v = xc[at];
+                            if (v > best || v != v) { best = v; arg = at; }
+                        }
+                yr[ox] = best;
+                ar[ox] = arg;
+            }
+        }
+        return;
+    }
+#endif
     CUNET_LAUNCH_LOOP(::maxpool_forward, NC * Do * Ho * Wo, s, NC, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW,
                       PD, PH, PW, x, y, argmax);
 }

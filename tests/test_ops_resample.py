@@ -14,13 +14,20 @@ def tie_free(shape):
     return rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float32) / 7.0
 
 
+@pytest.fixture(params=["host", "portable"])
+def variant(request):
+    ops.set_host_variants(request.param == "host")
+    yield request.param
+    ops.set_host_variants(True)
+
+
 POOL = [((7, 6), 1, 3, 2, None, 0), ((9, 7), 3, 5, 3, 2, 1), ((5, 5), 1, 17, 3, 1, 1),
         ((6, 5, 7), 1, 3, 2, None, 0), ((5, 7, 4), 3, 2, 3, 2, 1), ((4, 4, 4), 1, 5, 2, 1, 0)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", POOL, ids=str)
-def test_maxpool_matches_reference(case, device):
+def test_maxpool_matches_reference(case, device, variant):
     sz, n, c, k, s, p = case
     x = tie_free((n, c) + sz)
     y, arg = R.maxpool_forward(x, k, s, p)
@@ -32,7 +39,7 @@ def test_maxpool_matches_reference(case, device):
                                R.maxpool_backward(dy, arg, x.shape), rtol=1e-6, atol=1e-6)
 
 
-def test_maxpool_ties_nan_and_negative_infinity_follow_the_reference():
+def test_maxpool_ties_nan_and_negative_infinity_follow_the_reference(variant):
     x = np.array([[[[1, 5, 2, 2], [3, 4, 2, 2], [np.nan, 0, 9, 1], [7, np.nan, 1, 1]]]], np.float32)
     x = np.concatenate([x, np.full_like(x, -np.inf)], axis=1)
     for args in [(2, None, 0), (3, 1, 1), (2, 1, 1)]:
@@ -57,13 +64,6 @@ def test_upsample_matches_reference(shape, scale, mode, device):
     dy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_allclose(to_numpy(ops.upsample_backward(to_device(dy, device), shape, scale, mode)),
                                R.upsample_backward(dy.astype(np.float64), shape, scale, mode), rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(params=["host", "portable"])
-def variant(request):
-    ops.set_host_variants(request.param == "host")
-    yield request.param
-    ops.set_host_variants(True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
