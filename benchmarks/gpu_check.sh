@@ -25,7 +25,9 @@ CUNET_CUDA=1 $PY setup.py -q build_ext --build-lib build/cuda --build-temp build
   && ls build/cuda/cunet/_native*.so || { tail -30 build_cuda.log; fail=1; }
 
 step "pytest -m gpu"
-timeout 300 $PY -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
+# --continue-on-collection-errors: a test module whose optional import is missing there
+# (nibabel is not in the GPU image; carry its wheel to run the data tests) must not stop the rest
+timeout 300 $PY -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tail -25
 [ "${PIPESTATUS[0]}" = 0 ] || fail=1
 
 step "GPU op benchmarks (cunet vs PyTorch fp32)"
