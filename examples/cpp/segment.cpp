@@ -1,13 +1,25 @@
-// segment: label a float32 raw volume with a Python-trained cunet UNet.
+// segment: label a volume with a Python-trained cunet UNet.
 //
+//   segment MODEL.safetensors INPUT.nii[.gz] OUTPUT.nii[.gz]
 //   segment MODEL.safetensors INPUT.raw D H W OUTPUT.raw
 //
+// NIfTI mode: the volume's axes are X, Y, Z in NIfTI order (a 4th axis = channels). It is
+// normalised as the checkpoint's "cunet.extra" metadata key "normalization" says (as
+// cunet.data.normalize, per channel; no key: no normalisation), padded with zeros to a
+// multiple of 2**depth (centred, as cunet.infer does) and cropped back; a 2D model runs
+// slice by slice along Z (cunet's axis=2), a 3D model on the whole volume. OUTPUT: uint8
+// labels on the input grid (the input header, qform/sform included). .nii.gz needs zlib
+// (-DCUNET_WITH_ZLIB -lz).
+//
+// Raw mode:
 // INPUT.raw: float32, C order, shape (D, H, W) (or (C, D, H, W) for a model with C > 1 input
 // channels). A 2D model is applied slice by slice along the first axis (each slice (H, W));
 // a 3D model to the whole volume. OUTPUT.raw: uint8 labels, shape (D, H, W).
-// Build: g++ -O2 -std=c++20 -fopenmp -I. examples/cpp/segment.cpp -o segment
+// Build: g++ -O2 -std=c++20 -fopenmp -I. examples/cpp/segment.cpp -o segment  (+ -DCUNET_WITH_ZLIB -lz),
+// or CMake: target cunet::cunet, option CUNET_BUILD_EXAMPLES.
 // Errors: one line on stderr, exit status 1 (2 for bad usage).
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +29,7 @@
 #include <vector>
 
 #include "bindings/cunet_runner.h"
+#include "examples/cpp/nifti.h"
 
 static int64_t parse_size(const char* name, const char* s) {
     char* end = nullptr;
@@ -27,9 +40,194 @@ static int64_t parse_size(const char* name, const char* s) {
     return v;
 }
 
+static bool ends_with(const std::string& s, const std::string& t) {
+    return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+// ---- normalisation, mirroring cunet/data/transforms.py normalize()
+struct Norm {
+    std::string method = "zscore", mask = "all";
+    bool clip = true;
+    double lo = 0.5, hi = 99.5;
+};
+
+// The checkpoint's "cunet.extra" -> "normalization"; false when there is none.
+static bool read_normalization(const cunet::Checkpoint& ck, Norm& n) {
+    const auto it = ck.metadata.find("cunet.extra");
+    if (it == ck.metadata.end()) return false;
+    const std::string where = "checkpoint '" + ck.path + "': metadata 'cunet.extra' ";
+    cunet::json::Value extra;
+    try {
+        extra = cunet::json::parse(it->second);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(where + "is not valid JSON (" + e.what() + ")");
+    }
+    if (extra.type != cunet::json::Value::Object) throw std::runtime_error(where + "is not a JSON object");
+    const cunet::json::Value* cfg = extra.find("normalization");
+    if (!cfg || cfg->type == cunet::json::Value::Null) return false;
+    if (cfg->type != cunet::json::Value::Object) throw std::runtime_error(where + "'normalization' is not an object");
+    for (const auto& kv : cfg->obj) {
+        const std::string& k = kv.first;
+        const cunet::json::Value& v = kv.second;
+        if (k == "method" || k == "mask") {
+            if (v.type != cunet::json::Value::String) throw std::runtime_error(where + "normalization '" + k + "' is not a string");
+            const bool ok = k == "method" ? (v.str == "zscore" || v.str == "percentile" || v.str == "none")
+                                          : (v.str == "all" || v.str == "nonzero");
+            if (!ok) throw std::runtime_error(where + "normalization '" + k + "': unknown value '" + v.str + "'");
+            (k == "method" ? n.method : n.mask) = v.str;
+        } else if (k == "clip") {
+            if (v.type == cunet::json::Value::Null) {
+                n.clip = false;
+                continue;
+            }
+            bool ok = v.type == cunet::json::Value::Array && v.arr.size() == 2 &&
+                      v.arr[0].type == cunet::json::Value::Number && v.arr[1].type == cunet::json::Value::Number;
+            if (ok) {
+                n.lo = v.arr[0].num, n.hi = v.arr[1].num;
+                ok = 0 <= n.lo && n.lo < n.hi && n.hi <= 100;
+            }
+            if (!ok) throw std::runtime_error(where + "normalization 'clip': expected null or [lo, hi] with 0 <= lo < hi <= 100");
+        } else {
+            throw std::runtime_error(where + "normalization: unknown key '" + k + "'");
+        }
+    }
+    if (n.method == "percentile" && !n.clip)
+        throw std::runtime_error(where + "normalization: method 'percentile' needs 'clip' percentiles");
+    return true;
+}
+
+// numpy.percentile(sorted, q) with the default 'linear' method, computed as NumPy does.
+static double percentile(const std::vector<double>& sorted, double q) {
+    const double n = double(sorted.size()), p = q / 100.0;
+    const double vi = n * p + (1.0 + p * -1.0) - 1.0;
+    const double prev = std::floor(vi);
+    const double gamma = vi - prev;
+    const int64_t last = int64_t(sorted.size()) - 1;
+    const int64_t i0 = std::clamp(int64_t(prev), int64_t(0), last), i1 = std::clamp(int64_t(prev) + 1, int64_t(0), last);
+    const double a = sorted[size_t(i0)], b = sorted[size_t(i1)], d = b - a;
+    return gamma >= 0.5 ? b - d * (1.0 - gamma) : a + d * gamma;
+}
+
+// One channel in place, by its own statistics (cunet.data.transforms._normalize_one).
+static void normalize_one(float* ch, int64_t count, const Norm& n) {
+    if (n.method == "none") return;
+    const bool nz = n.mask == "nonzero";
+    std::vector<double> vals;
+    vals.reserve(size_t(count));
+    for (int64_t i = 0; i < count; ++i)
+        if (!nz || ch[i] != 0.f) vals.push_back(double(ch[i]));
+    if (vals.empty()) return;
+    std::vector<uint8_t> inside;
+    if (nz) {
+        inside.resize(size_t(count));
+        for (int64_t i = 0; i < count; ++i) inside[size_t(i)] = ch[i] != 0.f;
+    }
+    double lo = 0, hi = 0;
+    if (n.clip) {
+        std::vector<double> s = vals;
+        std::sort(s.begin(), s.end());
+        lo = percentile(s, n.lo), hi = percentile(s, n.hi);
+        const float flo = float(lo), fhi = float(hi);
+        for (int64_t i = 0; i < count; ++i) ch[i] = std::min(std::max(ch[i], flo), fhi);
+        for (double& v : vals) v = double(std::min(std::max(float(v), flo), fhi));
+    }
+    if (n.method == "zscore") {
+        double sum = 0;
+        for (double v : vals) sum += v;
+        const double mean = sum / double(vals.size());
+        double ss = 0;
+        for (double v : vals) ss += (v - mean) * (v - mean);
+        const double std_ = std::sqrt(ss / double(vals.size()));
+        const float fm = float(mean), fs = float(std::max(std_, 1e-8));
+        for (int64_t i = 0; i < count; ++i) ch[i] = (ch[i] - fm) / fs;
+    } else {
+        const float flo = float(lo), fr = float(std::max(hi - lo, 1e-8));
+        for (int64_t i = 0; i < count; ++i) ch[i] = (ch[i] - flo) / fr;
+    }
+    if (nz)
+        for (int64_t i = 0; i < count; ++i)
+            if (!inside[size_t(i)]) ch[i] = 0.f;
+}
+
+// ---- NIfTI mode
+static int run_nifti(const std::string& model, const std::string& in, const std::string& outp) {
+    const cunet::Checkpoint ck = cunet::load_safetensors(model);
+    const cunet::UNet2D3D net(ck);
+    if (net.out_channels > 256) throw std::runtime_error("model has more than 256 classes: labels do not fit uint8");
+    Norm norm;
+    const bool normalise = read_normalization(ck, norm);
+    cunet::nifti::Image im = cunet::nifti::read(in);
+    const int64_t X = im.nx, Y = im.ny, Z = im.nz, C = im.nc, V = X * Y * Z;
+    if (C != net.in_channels)
+        throw std::runtime_error("input '" + in + "': " + std::to_string(C) + " channel(s), the model expects " +
+                                 std::to_string(net.in_channels));
+    for (float v : im.data)
+        if (!std::isfinite(v)) throw std::runtime_error("input '" + in + "': contains NaN or infinite values");
+    if (normalise)
+        for (int64_t c = 0; c < C; ++c) normalize_one(im.data.data() + c * V, V, norm);
+    const int64_t k = int64_t(1) << net.depth;
+    const auto up = [k](int64_t s) { return (s + k - 1) / k * k; };
+    const int64_t PX = up(X), PY = up(Y), lx = (PX - X) / 2, ly = (PY - Y) / 2;
+    if (C * PX * PY * up(Z) > (int64_t(1) << 34)) throw std::runtime_error("volume too large");
+    const float* v = im.data.data();
+    std::vector<uint8_t> out(static_cast<size_t>(V));
+    if (net.dims == 3) {
+        const int64_t PZ = up(Z), lz = (PZ - Z) / 2;
+        std::vector<float> x(size_t(C * PX * PY * PZ), 0.f);   // (C, X, Y, Z), C order
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t z = 0; z < Z; ++z)
+                for (int64_t y = 0; y < Y; ++y)
+                    for (int64_t xx = 0; xx < X; ++xx)
+                        x[size_t(((c * PX + xx + lx) * PY + y + ly) * PZ + z + lz)] = v[((c * Z + z) * Y + y) * X + xx];
+        const auto lab = net.labels(net.forward(x.data(), 1, PX, PY, PZ), 1);
+        for (int64_t z = 0; z < Z; ++z)
+            for (int64_t y = 0; y < Y; ++y)
+                for (int64_t xx = 0; xx < X; ++xx)
+                    out[size_t((z * Y + y) * X + xx)] = uint8_t(lab[size_t(((xx + lx) * PY + y + ly) * PZ + z + lz)]);
+    } else {
+        const int64_t batch = 8, S = PX * PY;   // slices (X, Y) along Z, several per forward pass
+        for (int64_t z0 = 0; z0 < Z; z0 += batch) {
+            const int64_t n = std::min(batch, Z - z0);
+            std::vector<float> xb(size_t(n * C * S), 0.f);   // (n, C, X, Y)
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t y = 0; y < Y; ++y)
+                        for (int64_t xx = 0; xx < X; ++xx)
+                            xb[size_t((i * C + c) * S + (xx + lx) * PY + y + ly)] = v[((c * Z + z0 + i) * Y + y) * X + xx];
+            const auto lab = net.labels(net.forward(xb.data(), n, PX, PY), n);
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t y = 0; y < Y; ++y)
+                    for (int64_t xx = 0; xx < X; ++xx)
+                        out[size_t(((z0 + i) * Y + y) * X + xx)] = uint8_t(lab[size_t(i * S + (xx + lx) * PY + y + ly)]);
+        }
+    }
+    cunet::nifti::write_labels(outp, im, out);
+    return 0;
+}
+
+static int fail_exit(const std::exception& e) {
+    std::string msg = e.what();
+    for (char& c : msg)
+        if (c == '\n' || c == '\r') c = ' ';
+    std::fprintf(stderr, "segment: error: %s\n", msg.c_str());
+    return 1;
+}
+
 int main(int argc, char** argv) {
+    if (argc == 4 || (argc >= 3 && (ends_with(argv[2], ".nii") || ends_with(argv[2], ".nii.gz")))) {
+        if (argc != 4) {
+            std::fprintf(stderr, "usage: segment MODEL.safetensors INPUT.nii[.gz] OUTPUT.nii[.gz]\n");
+            return 2;
+        }
+        try {
+            return run_nifti(argv[1], argv[2], argv[3]);
+        } catch (const std::exception& e) {
+            return fail_exit(e);
+        }
+    }
     if (argc != 7) {
-        std::fprintf(stderr, "usage: segment MODEL.safetensors INPUT.raw D H W OUTPUT.raw\n");
+        std::fprintf(stderr, "usage: segment MODEL.safetensors INPUT.nii[.gz] OUTPUT.nii[.gz]\n"
+                             "       segment MODEL.safetensors INPUT.raw D H W OUTPUT.raw\n");
         return 2;
     }
     try {
@@ -74,11 +272,7 @@ int main(int argc, char** argv) {
         if (!o || !o.write(reinterpret_cast<const char*>(out.data()), std::streamsize(out.size())))
             throw std::runtime_error("output '" + outp + "': cannot write");
     } catch (const std::exception& e) {
-        std::string msg = e.what();
-        for (char& c : msg)
-            if (c == '\n' || c == '\r') c = ' ';
-        std::fprintf(stderr, "segment: error: %s\n", msg.c_str());
-        return 1;
+        return fail_exit(e);
     }
     return 0;
 }
