@@ -193,7 +193,7 @@ def run(config, device, repeat, quick):
 
 def print_table(config, device, rows):
     print(f"\n## {config} on {device}" + (f" (CPU peak ~{CPU_PEAK_GFLOPS:.0f} GFLOP/s)" if device == "cpu" else ""))
-    print(f"| op | cunet ms | cunet rate | PyTorch ms | cunet/PyTorch |")
+    print("| op | cunet ms | cunet rate | PyTorch ms | cunet/PyTorch |")
     print("|---|---:|---:|---:|---:|")
     for label, ms, rate, unit, tms, ratio in rows:
         print(f"| {label} | {ms:.3f} | {rate:.1f} {unit} | {tms:.3f} | {ratio:.2f} |")

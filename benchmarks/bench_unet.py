@@ -14,7 +14,6 @@ Each --threads value runs in its own process with OMP_NUM_THREADS set.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time

@@ -10,10 +10,8 @@
 Bad input ends the command with a one-line reason and exit status 2.
 """
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -64,13 +64,18 @@ def _conv_args(x, w, b, stride, padding, dilation):
     return stride, padding, dilation, out
 
 
+def _dy_args(dy, want, x=None):
+    """dy must have the forward output's shape `want` (and x's dtype when x is given)."""
+    _check.array("dy", dy, ndim=len(want))
+    if x is not None:
+        _check.same_dtype("dy", dy, "x", x)
+    if tuple(dy.shape) != tuple(want):
+        raise ValueError(f"dy: expected shape {tuple(want)} (the forward output), got {tuple(dy.shape)}")
+
+
 def _conv_backward_args(dy, x, w, stride, padding, dilation):
     stride, padding, dilation, out = _conv_args(x, w, None, stride, padding, dilation)
-    _check.array("dy", dy, ndim=x.ndim)
-    _check.same_dtype("dy", dy, "x", x)
-    want = (x.shape[0], w.shape[0]) + out
-    if tuple(dy.shape) != want:
-        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
+    _dy_args(dy, (x.shape[0], w.shape[0]) + out, x)
     return stride, padding, dilation, out
 
 
@@ -91,6 +96,12 @@ def _conv_transpose_args(x, w, b, stride, padding, output_padding):
     return stride, padding, output_padding, out
 
 
+def _conv_transpose_backward_args(dy, x, w, stride, padding, output_padding):
+    stride, padding, output_padding, out = _conv_transpose_args(x, w, None, stride, padding, output_padding)
+    _dy_args(dy, (x.shape[0], w.shape[1]) + out, x)
+    return stride, padding, output_padding, out
+
+
 def _maxpool_args(x, kernel, stride, padding):
     _check.image("x", x)
     nd = x.ndim - 2
@@ -105,6 +116,21 @@ def _maxpool_args(x, kernel, stride, padding):
                              f"(x has shape {tuple(x.shape)}, padding {padding})")
     out = tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(x.shape[2:], kernel, stride, padding))
     return kernel, stride, padding, out
+
+
+def _maxpool_backward_args(dy, argmax, x_shape):
+    """-> (x_shape, plane): argmax indexes x's flattened spatial plane."""
+    x_shape = _shape_arg("x_shape", x_shape)
+    _check.array("dy", dy, ndim=len(x_shape))
+    _check.array("argmax", argmax, dtype="int")
+    _check.same_shape("argmax", argmax, "dy", dy)
+    _check.same_device("argmax", argmax, "dy", dy)
+    if tuple(dy.shape[:2]) != x_shape[:2]:
+        raise ValueError(f"dy: expected batch and channels {x_shape[:2]} (from x_shape), got {tuple(dy.shape[:2])}")
+    plane = int(np.prod(x_shape[2:]))
+    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
+        raise ValueError(f"argmax: values must lie in [0, {plane}), found {int(argmax.min())}..{int(argmax.max())}")
+    return x_shape, plane
 
 
 def _shape_arg(name, shape, ndim=(4, 5)):
@@ -122,6 +148,14 @@ def _upsample_args(x_shape, scale, mode):
     scale = _check.tuple_arg("scale", scale, nd, minimum=1)
     _check.choice("mode", mode, ("nearest", "linear"))
     return scale, tuple(n * s for n, s in zip(x_shape[2:], scale))
+
+
+def _upsample_backward_args(dy, x_shape, scale, mode):
+    """-> (x_shape, scale) as tuples."""
+    x_shape = _shape_arg("x_shape", x_shape)
+    scale, out = _upsample_args(x_shape, scale, mode)
+    _dy_args(dy, x_shape[:2] + out)
+    return x_shape, scale
 
 
 def _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps,
@@ -218,12 +252,7 @@ def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
 
 def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
     """-> (dx, dw, db): each tap gathers dy at the positions its input voxels wrote."""
-    stride, padding, output_padding, out = _conv_transpose_args(x, w, None, stride, padding, output_padding)
-    _check.array("dy", dy, ndim=x.ndim)
-    _check.same_dtype("dy", dy, "x", x)
-    want = (x.shape[0], w.shape[1]) + out
-    if tuple(dy.shape) != want:
-        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
+    stride, padding, output_padding, out = _conv_transpose_backward_args(dy, x, w, stride, padding, output_padding)
     full = tuple(max((n - 1) * s + k, p + o) for n, s, k, p, o in zip(x.shape[2:], stride, w.shape[2:], padding, out))
     dyfull = np.zeros((dy.shape[0], dy.shape[1]) + full, dtype=dy.dtype)
     dyfull[(slice(None), slice(None)) + tuple(slice(p, p + o) for p, o in zip(padding, out))] = dy
@@ -262,15 +291,7 @@ def maxpool_forward(x, kernel=2, stride=None, padding=0):
 
 def maxpool_backward(dy, argmax, x_shape):
     """dx: every output's gradient added at the input position its argmax names."""
-    x_shape = _shape_arg("x_shape", x_shape)
-    _check.array("dy", dy, ndim=len(x_shape))
-    _check.array("argmax", argmax, dtype="int")
-    _check.same_shape("argmax", argmax, "dy", dy)
-    if tuple(dy.shape[:2]) != x_shape[:2]:
-        raise ValueError(f"dy: expected batch and channels {x_shape[:2]} (from x_shape), got {tuple(dy.shape[:2])}")
-    plane = int(np.prod(x_shape[2:]))
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
-        raise ValueError(f"argmax: values must lie in [0, {plane}), found {int(argmax.min())}..{int(argmax.max())}")
+    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape)
     nc = x_shape[0] * x_shape[1]
     dx = np.zeros((nc, plane), dtype=dy.dtype)
     rows = np.repeat(np.arange(nc), dy.size // max(nc, 1))
@@ -316,12 +337,7 @@ def upsample_forward(x, scale=2, mode="nearest"):
 
 def upsample_backward(dy, x_shape, scale=2, mode="nearest"):
     """dx: each input gathers the gradients of the outputs it contributed to."""
-    x_shape = _shape_arg("x_shape", x_shape)
-    scale, out = _upsample_args(x_shape, scale, mode)
-    _check.array("dy", dy, ndim=len(x_shape))
-    want = x_shape[:2] + out
-    if tuple(dy.shape) != want:
-        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
+    x_shape, scale = _upsample_backward_args(dy, x_shape, scale, mode)
     dx = dy
     for axis, s in enumerate(scale, start=2):
         if mode == "nearest":
@@ -346,6 +362,14 @@ def _check_concat_inputs(xs):
                              f"{', '.join(map(str, xs[0].shape[2:]))}) like xs[0], got {tuple(a.shape)}")
 
 
+def _concat_backward_args(dy, channels):
+    _check.image("dy", dy)
+    channels = tuple(_check.integer("channels", c, lo=1) for c in channels)
+    if sum(channels) != dy.shape[1]:
+        raise ValueError(f"channels: expected sizes summing to {dy.shape[1]} (the channels of dy), got {channels}")
+    return channels
+
+
 def concat_forward(xs):
     """Concatenate along channels: (N, C1, *S), (N, C2, *S), ... -> (N, C1+C2+..., *S)."""
     _check_concat_inputs(xs)
@@ -354,10 +378,7 @@ def concat_forward(xs):
 
 def concat_backward(dy, channels):
     """Split dy along channels into pieces of `channels` = (C1, C2, ...) channels."""
-    _check.image("dy", dy)
-    channels = tuple(_check.integer("channels", c, lo=1) for c in channels)
-    if sum(channels) != dy.shape[1]:
-        raise ValueError(f"channels: expected sizes summing to {dy.shape[1]} (the channels of dy), got {channels}")
+    channels = _concat_backward_args(dy, channels)
     return tuple(np.split(dy, np.cumsum(channels)[:-1], axis=1))
 
 

@@ -1,8 +1,7 @@
 """Activations: kernels/act.cuh."""
-import numpy as np
 
 from cunet import _check
-from cunet._ops.core import empty, f32, loop, register, run
+from cunet._ops.core import empty, f32, loop, ncs, register, run
 
 register("act", "relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward",
          "sigmoid_forward", "sigmoid_backward", "softmax_forward", "softmax_backward", "bias_add")
@@ -57,15 +56,10 @@ def sigmoid_backward(dy, y):
     return _grad("sigmoid_backward", dy, "y", y)
 
 
-def _ncs(x):
-    """(N, C, S) of an (N, C, *spatial) array."""
-    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
-
-
 def softmax_forward(x):
     _check.array("x", x, ndim=(2, 3, 4, 5))
     f32("x", x)
-    n, c, s = _ncs(x)
+    n, c, s = ncs(x)
     y = empty(x, x.shape)
     run("softmax_forward", loop(n * s), n, c, s, x, y)
     return y
@@ -76,7 +70,7 @@ def softmax_backward(dy, y):
     f32("dy", dy)
     _check.same_shape("y", y, "dy", dy)
     f32("y", y)
-    n, c, s = _ncs(dy)
+    n, c, s = ncs(dy)
     dx = empty(dy, dy.shape)
     run("softmax_backward", loop(n * s), n, c, s, dy, y, dx)
     return dx

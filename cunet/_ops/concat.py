@@ -3,7 +3,7 @@ import numpy as np
 
 from cunet import _check
 from cunet._ops.core import empty, f32, loop, register, run
-from cunet.reference import _check_concat_inputs
+from cunet.reference import _check_concat_inputs, _concat_backward_args
 
 register("concat", "concat_copy")
 
@@ -25,11 +25,8 @@ def concat_forward(xs):
 
 
 def concat_backward(dy, channels):
-    _check.image("dy", dy)
+    channels = _concat_backward_args(dy, channels)
     f32("dy", dy)
-    channels = tuple(_check.integer("channels", c, lo=1) for c in channels)
-    if sum(channels) != dy.shape[1]:
-        raise ValueError(f"channels: expected sizes summing to {dy.shape[1]} (the channels of dy), got {channels}")
     n, spatial = dy.shape[0], dy.shape[2:]
     s = int(np.prod(spatial, dtype=np.int64))
     out, off = [], 0

@@ -1,9 +1,8 @@
 """Convolution and transposed convolution: kernels/conv.cuh."""
-import numpy as np
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32, lift, loop, register, run, set_host_variants  # noqa: F401
-from cunet.reference import _conv_args, _conv_backward_args, _conv_transpose_args
+from cunet._ops.core import coop, empty, f32_all, lift, loop, ncs, register, run, set_host_variants  # noqa: F401
+from cunet.reference import _conv_args, _conv_backward_args, _conv_transpose_args, _conv_transpose_backward_args
 
 register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum")
 
@@ -15,16 +14,9 @@ def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
             *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1))
 
 
-def _f32_all(**arrays):
-    for name, a in arrays.items():
-        if a is not None:
-            f32(name, a)
-
-
 def channel_sum(x):
     """(N, C, *S) -> (C,): the bias gradient of dy."""
-    n, c = x.shape[:2]
-    s = int(np.prod(x.shape[2:], dtype=np.int64))
+    n, c, s = ncs(x)
     out = empty(x, (c,))
     run("channel_sum", coop(c), n, c, s, x, out)
     return out
@@ -32,7 +24,7 @@ def channel_sum(x):
 
 def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1):
     stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
-    _f32_all(x=x, w=w, b=b)
+    f32_all(x=x, w=w, b=b)
     y = empty(x, (x.shape[0], w.shape[0]) + out)
     run("conv_forward", loop(y.size), *_dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation), x, w, b, y)
     return y
@@ -40,7 +32,7 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1):
 
 def conv_backward(dy, x, w, stride=1, padding=0, dilation=1):
     stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
-    _f32_all(dy=dy, x=x, w=w)
+    f32_all(dy=dy, x=x, w=w)
     _check.same_device("dy", dy, "x", x)
     dims = _dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation)
     dx, dw = empty(x, x.shape), empty(x, w.shape)
@@ -52,7 +44,7 @@ def conv_backward(dy, x, w, stride=1, padding=0, dilation=1):
 def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
     """The input gradient of the conv out -> x whose weight is w (Ci, Co, *k) read as (Co', Ci')."""
     stride, padding, output_padding, out = _conv_transpose_args(x, w, b, stride, padding, output_padding)
-    _f32_all(x=x, w=w, b=b)
+    f32_all(x=x, w=w, b=b)
     y = empty(x, (x.shape[0], w.shape[1]) + out)
     dims = _dims(y.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
     run("conv_backward_data", loop(y.size), *dims, x, w, b, y)
@@ -60,12 +52,8 @@ def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
 
 
 def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
-    stride, padding, output_padding, out = _conv_transpose_args(x, w, None, stride, padding, output_padding)
-    _check.array("dy", dy, ndim=x.ndim)
-    want = (x.shape[0], w.shape[1]) + out
-    if tuple(dy.shape) != want:
-        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
-    _f32_all(dy=dy, x=x, w=w)
+    stride, padding, output_padding, out = _conv_transpose_backward_args(dy, x, w, stride, padding, output_padding)
+    f32_all(dy=dy, x=x, w=w)
     _check.same_device("dy", dy, "x", x)
     dims = _dims(dy.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
     dx, dw = empty(x, x.shape), empty(x, w.shape)

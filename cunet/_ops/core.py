@@ -124,6 +124,18 @@ def f32(name, a):
     return a
 
 
+def f32_all(**arrays):
+    """f32 on every named array; None (an absent optional argument) passes."""
+    for name, a in arrays.items():
+        if a is not None:
+            f32(name, a)
+
+
+def ncs(a):
+    """(N, C, S) of an (N, C, *spatial) array, S = prod(spatial): the kernels' flat layout."""
+    return a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64))
+
+
 def set_host_variants(on):
     """Host build: launchers with a CPU-specific variant beside the portable kernel (conv
     forward/data/weight, concat, channel sums) run it (default, fast) or the portable kernel

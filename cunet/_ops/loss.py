@@ -4,7 +4,7 @@ inputs, a 0-d CuPy array for CuPy inputs (no sync)."""
 import numpy as np
 
 from cunet import _check, reference as R
-from cunet._ops.core import coop, empty, f32, is_cupy, loop, register, run
+from cunet._ops.core import coop, empty, f32, is_cupy, loop, ncs, register, run
 
 register("loss", "softmax_loss_partials", "sigmoid_loss_partials", "dice_loss_finalize", "softmax_loss_backward",
          "sigmoid_loss_backward", "regression_loss_partials", "regression_loss_finalize")
@@ -23,11 +23,6 @@ def _value(loss):
     return loss[0] if is_cupy(loss) else float(loss[0])
 
 
-def _ncs(z):
-    n, k = z.shape[:2]
-    return n, k, z.size // (n * k)
-
-
 def _dice_ce(z, labels, w, first, smooth, variant, dice_weight, ce_weight):
     """The fused softmax path; arguments already checked the reference's way."""
     f32("logits", z)
@@ -35,7 +30,7 @@ def _dice_ce(z, labels, w, first, smooth, variant, dice_weight, ce_weight):
     xp = _check.xp_of(z)
     labels = xp.ascontiguousarray(labels, dtype=np.int64)
     w = None if w is None else xp.ascontiguousarray(w, dtype=np.float32)
-    n, k, s = _ncs(z)
+    n, k, s = ncs(z)
     blocks, voxel = _blocks(n * s), int(variant == "voxel")
     partials, coef, loss = empty(z, (4 * k + 2, blocks)), empty(z, (2 * k + 1,)), empty(z, (1,))
     dz = empty(z, z.shape)
@@ -50,7 +45,7 @@ def _dice_bce(z, t, smooth, variant, dice_weight, bce_weight):
     f32("logits", z)
     f32("target", t)
     _check.same_device("target", t, "logits", z)
-    n, k, s = _ncs(z)
+    n, k, s = ncs(z)
     blocks, voxel = _blocks(n * s), int(variant == "voxel")
     partials, coef, loss = empty(z, (4 * k + 2, blocks)), empty(z, (2 * k + 1,)), empty(z, (1,))
     dz = empty(z, z.shape)

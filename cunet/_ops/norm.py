@@ -1,8 +1,7 @@
 """Batch norm: kernels/norm.cuh."""
-import numpy as np
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32, loop, register, run
+from cunet._ops.core import coop, empty, f32, loop, ncs, register, run
 from cunet.reference import _batchnorm_args
 
 register("norm", "batchnorm_stats", "batchnorm_eval_stats", "batchnorm_normalize",
@@ -22,16 +21,12 @@ def _kernel_arrays(x, **arrays):
             _check.same_device(name, a, "x", x)
 
 
-def _ncs(x):
-    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
-
-
 def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
     _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
     if not training and (running_mean is None or running_var is None):
         raise ValueError("running_mean: eval mode (training=False) needs running_mean and running_var")
     _kernel_arrays(x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    n, c, s = _ncs(x)
+    n, c, s = ncs(x)
     mean, invstd = empty(x, (c,)), empty(x, (c,))
     if training:
         # 0: a null pointer (core.run's host path does not map None to one)
@@ -49,7 +44,7 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
     _check.same_shape("x", x, "dy", dy)
     _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0)
     _kernel_arrays(x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
-    n, c, s = _ncs(x)
+    n, c, s = ncs(x)
     dgamma, dbeta, dx = empty(x, (c,)), empty(x, (c,)), empty(x, x.shape)
     run("batchnorm_backward_reduce", coop(c), n, c, s, dy, x, mean, invstd, dgamma, dbeta)
     run("batchnorm_backward_data", loop(x.size), n, c, s, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,

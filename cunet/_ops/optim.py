@@ -2,7 +2,7 @@
 import math
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32, is_cupy, loop, register, run
+from cunet._ops.core import coop, empty, f32, f32_all, is_cupy, loop, register, run
 from cunet.reference import _adam_args, _sgd_args
 
 register("optim", "sgd_update", "adam_update", "norms_partials", "norms_finalize")
@@ -10,14 +10,9 @@ register("optim", "sgd_update", "adam_update", "norms_partials", "norms_finalize
 __all__ = ["sgd_update", "adam_update", "penalty", "sum_squares"]
 
 
-def _f32(**arrays):
-    for name, a in arrays.items():
-        f32(name, a)
-
-
 def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
     lr, mu, wd, l1 = _sgd_args(param, grad, velocity, lr, momentum, nesterov, weight_decay, l1)
-    _f32(param=param, grad=grad, velocity=velocity)
+    f32_all(param=param, grad=grad, velocity=velocity)
     run("sgd_update", loop(param.size), param.size, param, grad, velocity, lr, mu, int(nesterov), wd, l1)
 
 
@@ -25,7 +20,7 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                 weight_decay=0.0, l1=0.0, decoupled=False):
     step, lr, b1, b2, eps, wd, l1 = _adam_args(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, l1,
                                                decoupled)
-    _f32(param=param, grad=grad, m=m, v=v)
+    f32_all(param=param, grad=grad, m=m, v=v)
     run("adam_update", loop(param.size), param.size, param, grad, m, v, lr, 1 - b1, 1 - b2, eps, wd, l1,
         int(decoupled), 1 - b1 ** step, math.sqrt(1 - b2 ** step))
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from cunet import _check
 from cunet._ops.core import empty, f32, lift, loop, register, run, zeros
-from cunet.reference import _maxpool_args, _shape_arg
+from cunet.reference import _maxpool_args, _maxpool_backward_args
 
 register("pool", "maxpool_forward", "maxpool_backward")
 
@@ -19,17 +19,9 @@ def maxpool_forward(x, kernel=2, stride=None, padding=0):
 
 
 def maxpool_backward(dy, argmax, x_shape):
-    x_shape = _shape_arg("x_shape", x_shape)
-    _check.array("dy", dy, ndim=len(x_shape))
+    _check.array("argmax", argmax, dtype=np.int64)   # the kernel reads int64 indices
+    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape)
     f32("dy", dy)
-    _check.array("argmax", argmax, dtype=np.int64)
-    _check.same_shape("argmax", argmax, "dy", dy)
-    _check.same_device("argmax", argmax, "dy", dy)
-    if tuple(dy.shape[:2]) != x_shape[:2]:
-        raise ValueError(f"dy: expected batch and channels {x_shape[:2]} (from x_shape), got {tuple(dy.shape[:2])}")
-    plane = int(np.prod(x_shape[2:]))
-    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
-        raise ValueError(f"argmax: values must lie in [0, {plane}), found {int(argmax.min())}..{int(argmax.max())}")
     dx = zeros(dy, x_shape)
     nc = x_shape[0] * x_shape[1]
     run("maxpool_backward", loop(dy.size), nc, plane, dy.size // max(nc, 1), dy, argmax, dx)

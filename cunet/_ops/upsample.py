@@ -1,7 +1,7 @@
 """Nearest and linear upsampling: kernels/upsample.cuh."""
 from cunet import _check
 from cunet._ops.core import empty, f32, lift, loop, register, run
-from cunet.reference import _shape_arg, _upsample_args
+from cunet.reference import _upsample_args, _upsample_backward_args
 
 register("upsample", "upsample_nearest_forward", "upsample_nearest_backward",
          "upsample_linear_forward", "upsample_linear_backward")
@@ -18,13 +18,8 @@ def upsample_forward(x, scale=2, mode="nearest"):
 
 
 def upsample_backward(dy, x_shape, scale=2, mode="nearest"):
-    x_shape = _shape_arg("x_shape", x_shape)
-    scale, out = _upsample_args(x_shape, scale, mode)
-    _check.array("dy", dy, ndim=len(x_shape))
+    x_shape, scale = _upsample_backward_args(dy, x_shape, scale, mode)
     f32("dy", dy)
-    want = x_shape[:2] + out
-    if tuple(dy.shape) != want:
-        raise ValueError(f"dy: expected shape {want} (the forward output), got {tuple(dy.shape)}")
     dx = empty(dy, x_shape)
     run(f"upsample_{mode}_backward", loop(dx.size), x_shape[0] * x_shape[1], *lift(x_shape[2:], 1),
         *lift(scale, 1), dy, dx)
