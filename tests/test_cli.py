@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import GPU
 from cunet import cli
 from cunet.data import datasets
 
@@ -97,11 +98,8 @@ def test_train_and_predict_a_3d_model_with_sliding_windows(crop, tmp_path, capsy
     np.testing.assert_allclose(pred.affine, affine)
 
 
+@pytest.mark.skipif(GPU, reason="a GPU is present: --device cuda is valid there, so this error cannot occur")
 def test_cuda_without_a_gpu_is_a_clear_error(crop, capsys):
     root = crop[0]
-    pytest.importorskip("cupy")
-    from conftest import GPU
-    if GPU:
-        pytest.skip("a GPU is present: --device cuda is valid here")
     rc = cli.main(["predict", "m.safetensors", str(root / "t1.nii.gz"), "o.nii.gz", "--device", "cuda"])
     assert rc == 2 and "--device cuda: no CUDA device found" in capsys.readouterr().err

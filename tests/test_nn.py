@@ -108,7 +108,7 @@ def test_init_is_seeded_and_he_scaled():
 
 def torch_unet(cfg, in_ch, out_ch, base, depth):
     """The same UNet written with torch.nn, modules in forward order."""
-    torch = pytest.importorskip("torch")
+    import torch   # a test dependency (the test extra), used only for cross-checks
     nn = torch.nn
     dims = cfg["dims"]
     Conv, ConvT = (nn.Conv2d, nn.ConvTranspose2d) if dims == 2 else (nn.Conv3d, nn.ConvTranspose3d)

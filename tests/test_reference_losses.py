@@ -282,7 +282,7 @@ def test_float32_optimizer_keeps_dtype():
 
 
 def test_against_torch():
-    torch = pytest.importorskip("torch")
+    import torch   # a test dependency (the test extra), used only for cross-checks
     r = rng(8)
     p0 = r.standard_normal((4, 5))
     grads = [r.standard_normal(p0.shape) for _ in range(5)]
