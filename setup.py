@@ -59,5 +59,4 @@ setup(
                                    extra_compile_args=HOST_FLAGS, extra_link_args=["-fopenmp"],
                                    cxx_std=20)],
     cmdclass={"build_ext": BuildExt},
-    data_files=[],
 )

@@ -39,11 +39,8 @@ def _read_pairs(images, labels, num_classes=None):
     for ip, lp in zip(images, labels):
         img, im = data.load_image(ip)
         lab, lm = data.load_label(lp, num_classes)
-        if img.ndim == lab.ndim + 1 and im.get("kind") == "image":   # (H, W, C) colour image
-            img = np.moveaxis(img, -1, 0)
-        elif img.ndim == lab.ndim:
-            img = img[None]
-        data.check_pair(ip, lp, img[0] if img.shape[1:] == lab.shape else img, lab, im, lm)
+        img = data.channels_first(img, lab.ndim)   # (*S) or (*S, C) as stored -> (C, *S)
+        data.check_pair(ip, lp, img[0], lab, im, lm)
         xs.append(img.astype(np.float32))
         ys.append(lab)
         metas.append(im)
@@ -126,10 +123,7 @@ def cmd_predict(a):
     model = cunet.load(a.model, device=a.device)
     extra = model.extra or {}
     img, meta = data.load_image(a.input)
-    if img.ndim == model.dims + 1 and meta.get("kind") == "image":
-        img = np.moveaxis(img, -1, 0)
-    elif img.ndim in (model.dims, 3):
-        img = img[None]
+    img = data.channels_first(img, 2 if meta["kind"] == "image" else 3)   # PNG/TIFF 2D, NIfTI 3D (+ channels)
     norm_cfg = extra.get("normalization", data.default_normalization())
     x = np.stack([data.normalize(c, norm_cfg) for c in img]).astype(np.float32)
     if x.shape[0] != model.in_channels:
@@ -144,7 +138,6 @@ def cmd_predict(a):
             labels = metrics.predict(logits[None])[0]
         else:
             labels = infer.predict_labels(model, x, window=window, tta=a.tta, progress=True)
-        labels = np.asarray(labels if isinstance(labels, np.ndarray) else labels.get())
         if a.postprocess:
             labels = infer.postprocess(labels)
         data.save_label(a.output, labels, like=meta)

@@ -80,7 +80,6 @@ class UNet(Model):
             c //= 2
             self.dec.append(add(f"dec{i}", _block(2 * c, c, dims, bn, dropout, seed * 7919 + depth + 1 + i, init)))
         self.head = add("head", Conv(base, out_channels, 1, 1, 0, dims, init="glorot_uniform"))
-        self._all = [layer for _, layer in named] + self.down + self.cat
         self._build(named, seed)
 
     def _check_input(self, x):
@@ -127,15 +126,6 @@ class UNet(Model):
         for enc, down, dskip in reversed(list(zip(self.enc, self.down, dskips))):
             dh = enc.backward(down.backward(dh) + dskip)   # the skip's gradient joins the pooled path
         return dh
-
-    def train(self, mode=True):
-        for layer in self._all:
-            layer.training = mode
-        return self
-
-    @property
-    def training(self):
-        return self.head.training
 
     def reseed(self, step):
         """Dropout masks for training step `step` (the trainer calls this once per step)."""
