@@ -59,6 +59,12 @@ def module(family):
     return cupy.RawModule(code=source(family), options=NVRTC_OPTIONS)
 
 
+@functools.lru_cache(maxsize=None)
+def function(name):
+    """The compiled kernel `name` (looked up once, not on every launch)."""
+    return module(FAMILY[name]).get_function(name)
+
+
 def loop(n):
     return (max(1, min((int(n) + K_BLOCK - 1) // K_BLOCK, 65535 * 8)), K_BLOCK)
 
@@ -97,7 +103,7 @@ def run(name, geometry, *args):
             conv.append(np.uint64(0))   # a null pointer
         else:
             raise TypeError(f"cannot pass {type(a).__name__} to kernel {name}")
-    module(FAMILY[name]).get_function(name)((grid,), (block,), tuple(conv))
+    function(name)((grid,), (block,), tuple(conv))
 
 
 def empty(like, shape, dtype=np.float32):
