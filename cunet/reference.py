@@ -73,6 +73,32 @@ def _dy_args(dy, want, x=None):
         raise ValueError(f"dy: expected shape {tuple(want)} (the forward output), got {tuple(dy.shape)}")
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _precision_arg(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    return precision
+
+
+def round_operand(a, precision):
+    """The value a tensor-core GEMM multiplies for a float32 operand: "fp32" unchanged,
+    "tf32" rounded to 10 mantissa bits (nearest, ties away from zero: cvt.rna.tf32.f32),
+    "bf16" to 7 mantissa bits (nearest even: cvt.rn.bf16.f32). Products and sums stay
+    float32 (float64 here). Works on float32 and float64 arrays of float32 values."""
+    _precision_arg(precision)
+    if precision == "fp32":
+        return a
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    finite = (u & 0x7F800000) != 0x7F800000
+    if precision == "tf32":
+        r = (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    else:
+        r = (u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return np.where(finite, r, u).view(np.float32).astype(a.dtype).reshape(a.shape)
+
+
 def _conv_backward_args(dy, x, w, stride, padding, dilation):
     stride, padding, dilation, out = _conv_args(x, w, None, stride, padding, dilation)
     _dy_args(dy, (x.shape[0], w.shape[0]) + out, x)
@@ -206,9 +232,11 @@ def _contract(a, b):
     return np.tensordot(a, b, axes=(axes, axes))
 
 
-def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1):
-    """y[n, co, o] = b[co] + sum_{ci, k} w[co, ci, k] * x[n, ci, o*stride - padding + k*dilation]."""
+def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, precision="fp32"):
+    """y[n, co, o] = b[co] + sum_{ci, k} w[co, ci, k] * x[n, ci, o*stride - padding + k*dilation];
+    relu=True: max(y, 0) (the fused epilogue). x and w enter as round_operand(., precision)."""
     stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
+    x, w = round_operand(x, _precision_arg(precision)), round_operand(w, precision)
     xp = _pad(x, padding)
     y = np.zeros((x.shape[0], w.shape[0]) + out, dtype=x.dtype)
     for k in _taps(w.shape[2:]):
@@ -217,12 +245,16 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1):
         y += np.einsum("ni...,oi->no...", patch, w[(slice(None), slice(None)) + k])
     if b is not None:
         y += b.reshape((1, -1) + (1,) * len(out))
-    return y
+    return np.maximum(y, 0) if relu else y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1):
-    """-> (dx, dw, db): every tap scatters dy back through the window it read."""
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32"):
+    """-> (dx, dw, db): every tap scatters dy back through the window it read.
+    dy, x and w enter the products as round_operand(., precision); db sums dy unrounded."""
     stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
+    db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    _precision_arg(precision)
+    dy, x, w = (round_operand(a, precision) for a in (dy, x, w))
     xp = _pad(x, padding)
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w)
@@ -232,13 +264,14 @@ def conv_backward(dy, x, w, stride=1, padding=0, dilation=1):
         dxp[win] += np.einsum("no...,oi->ni...", dy, w[(slice(None), slice(None)) + k])
         dw[(slice(None), slice(None)) + k] = _contract(dy, xp[win])
     crop = (slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in zip(padding, x.shape[2:]))
-    return dxp[crop], dw, dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    return dxp[crop], dw, db
 
 
-def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
+def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0, precision="fp32"):
     """The gradient of a conv with weight w (Ci, Co, *k) with respect to its input:
     every input voxel scatters w[ci, :, k] to output o = i*stride - padding + k."""
     stride, padding, output_padding, out = _conv_transpose_args(x, w, b, stride, padding, output_padding)
+    x, w = round_operand(x, _precision_arg(precision)), round_operand(w, precision)
     full = tuple(max((n - 1) * s + k, p + o) for n, s, k, p, o in zip(x.shape[2:], stride, w.shape[2:], padding, out))
     yfull = np.zeros((x.shape[0], w.shape[1]) + full, dtype=x.dtype)
     for k in _taps(w.shape[2:]):
@@ -250,9 +283,12 @@ def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
     return y
 
 
-def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
+def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0, precision="fp32"):
     """-> (dx, dw, db): each tap gathers dy at the positions its input voxels wrote."""
     stride, padding, output_padding, out = _conv_transpose_backward_args(dy, x, w, stride, padding, output_padding)
+    db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    _precision_arg(precision)
+    dy, x, w = (round_operand(a, precision) for a in (dy, x, w))
     full = tuple(max((n - 1) * s + k, p + o) for n, s, k, p, o in zip(x.shape[2:], stride, w.shape[2:], padding, out))
     dyfull = np.zeros((dy.shape[0], dy.shape[1]) + full, dtype=dy.dtype)
     dyfull[(slice(None), slice(None)) + tuple(slice(p, p + o) for p, o in zip(padding, out))] = dy
@@ -262,7 +298,7 @@ def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0):
         g = dyfull[(slice(None), slice(None)) + _window(k, (0,) * len(k), x.shape[2:], stride)]
         dx += np.einsum("no...,io->ni...", g, w[(slice(None), slice(None)) + k])
         dw[(slice(None), slice(None)) + k] = _contract(x, g)
-    return dx, dw, dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    return dx, dw, db
 
 
 # ---- max pooling
