@@ -2,6 +2,7 @@
 against PyTorch (NCHW and channels_last) on the CPU, interleaved in one run.
 
     python benchmarks/bench_unet.py [--config 2d-128 2d-256 3d-64] [--steps 12] [--threads 1 2]
+    python benchmarks/bench_unet.py --device cuda [--config gpu-2d-256 gpu-3d-128] [--steps 20]
 
 UNet as in the CPU-speed issue: two conv3x3+ReLU per level, maxpool, convT 2x2 up,
 concat [up, skip], 1x1 head, conv bias; binary configs: 1 logit + BCE, 3-class: CE; Adam.
@@ -10,6 +11,12 @@ on the logits and on the parameters after one training step. Times are medians o
 --steps steps after 2 warm-up steps, the three contenders taking turns step by step.
 Peak resident memory is measured in a fresh process per contender (same config, 3 steps).
 Each --threads value runs in its own process with OMP_NUM_THREADS set.
+
+--device cuda (the GPU-speed issue): cunet on CuPy arrays in each precision (fp32, tf32,
+bf16 operands with fp32 master weights), eager and graph-captured when the trainer offers
+it, against PyTorch eager on cuDNN (its default TF32 convolutions, and bf16 autocast) when a
+CUDA PyTorch is installed; times from CUDA events, medians. Then the 64-256-channel conv
+layers alone (forward) against the measured tensor-core matmul rate of the same precision.
 """
 import argparse
 import json
@@ -25,6 +32,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 # name: (dims, batch, size, base, depth, classes)
 CONFIGS = {"2d-128": (2, 8, 128, 16, 4, 2), "2d-256": (2, 4, 256, 32, 4, 2), "3d-64": (3, 2, 64, 8, 3, 3)}
+GPU_CONFIGS = {"gpu-2d-256": (2, 32, 256, 32, 4, 2), "gpu-3d-128": (3, 2, 128, 16, 4, 2)}
 CEILING = 350.0   # GFLOP/s fp32, 2 cores x AVX-512 FMA (measured on the development machines)
 
 
@@ -52,16 +60,20 @@ def make_data(cfg, seed=0):
     return x, labels
 
 
-def cunet_contender(cfg):
+def cunet_contender(cfg, device="cpu", precision="fp32"):
     import cunet
     from cunet import losses, optim
     dims, n, size, base, depth, classes = cfg
     model = cunet.UNet(dims=dims, in_channels=1, out_channels=1 if classes == 2 else classes, base=base,
-                       depth=depth, seed=0)
+                       depth=depth, seed=0, **({} if precision == "fp32" else {"precision": precision}))
     loss = losses.BCE() if classes == 2 else losses.CE()
-    opt = optim.Adam(model, lr=1e-3)
     x, labels = make_data(cfg)
     target = labels[:, None].astype(np.float32) if classes == 2 else labels
+    if device == "cuda":
+        import cupy
+        model.to("cuda")
+        x, target = cupy.asarray(x), cupy.asarray(target)
+    opt = optim.Adam(model, lr=1e-3)
 
     def step():
         opt.zero_grad()
@@ -72,7 +84,7 @@ def cunet_contender(cfg):
     return model, (lambda: model.forward(x)), step
 
 
-def torch_contender(cfg, channels_last, weights=None):
+def torch_contender(cfg, channels_last, weights=None, device="cpu", autocast=None):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -121,24 +133,28 @@ def torch_contender(cfg, channels_last, weights=None):
             for p, w in zip(model.ordered(), weights):
                 p.copy_(torch.from_numpy(np.ascontiguousarray(w)))
     fmt = (torch.channels_last if dims == 2 else torch.channels_last_3d) if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = model.to(device=device, memory_format=fmt)
     x, labels = make_data(cfg)
-    xt = torch.from_numpy(x).contiguous(memory_format=fmt)
+    xt = torch.from_numpy(x).to(device).contiguous(memory_format=fmt)
     if classes == 2:
-        target = torch.from_numpy(labels[:, None].astype(np.float32))
+        target = torch.from_numpy(labels[:, None].astype(np.float32)).to(device)
         crit = nn.BCEWithLogitsLoss()
     else:
-        target = torch.from_numpy(labels)
+        target = torch.from_numpy(labels).to(device)
         crit = nn.CrossEntropyLoss()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    import contextlib
+    cast = (lambda: torch.autocast(device, dtype=autocast)) if autocast is not None else contextlib.nullcontext
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), cast():
             return model(xt)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        crit(model(xt), target).backward()
+        with cast():
+            out = model(xt)
+        crit(out.float(), target).backward()
         opt.step()
 
     return model, forward, step
@@ -240,14 +256,142 @@ def table(rows, threads, mem):
                   f"{c / min(t, cl):.2f} |{extra}")
 
 
+# ---------------------------------------------------------------- GPU (--device cuda)
+
+
+def gpu_torch():
+    """A CUDA PyTorch, or None (the GPU image may carry a CPU-only wheel or none)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def gpu_time(fn, steps, sync):
+    """Median milliseconds of fn over `steps` calls after 3 warm-ups, each fenced by sync()."""
+    import time as _t
+    for _ in range(3):
+        fn()
+    sync()
+    out = []
+    for _ in range(steps):
+        t = _t.perf_counter()
+        fn()
+        sync()
+        out.append(_t.perf_counter() - t)
+    return 1e3 * float(np.median(out))
+
+
+def gpu_validate(cfg):
+    """cunet fp32 on the GPU against the host build (same weights, same input): logits."""
+    import cupy
+    model, fwd, _ = cunet_contender(cfg, "cuda")
+    host, hfwd, _ = cunet_contender(cfg, "cpu")
+    a, b = cupy.asnumpy(fwd()), hfwd()
+    err = np.abs(a - b).max() / (np.abs(b).max() + 1e-6)
+    if not err < 1e-4:
+        raise SystemExit(f"{cfg}: cunet GPU and host logits differ (relative {err:.1e})")
+
+
+def run_gpu(names, steps):
+    import cupy
+    torch = gpu_torch()
+    sync = cupy.cuda.Device().synchronize
+    rows = []
+    for name in names:
+        cfg = GPU_CONFIGS[name]
+        gpu_validate(cfg)
+        ms = {}
+        for prec in ("fp32", "tf32", "bf16"):
+            _, fwd, step = cunet_contender(cfg, "cuda", prec)
+            ms[f"cunet-{prec}"] = (gpu_time(fwd, steps, sync), gpu_time(step, steps, sync))
+            graph_step = getattr(step, "captured", None)   # the trainer's graph-captured step, when offered
+            if graph_step is not None:
+                ms[f"cunet-{prec}-graph"] = (None, gpu_time(graph_step, steps, sync))
+            cupy.get_default_memory_pool().free_all_blocks()
+        if torch is not None:
+            for label, autocast in (("torch-tf32", None), ("torch-bf16", torch.bfloat16)):
+                _, fwd, step = torch_contender(cfg, False, device="cuda", autocast=autocast)
+                ms[label] = (gpu_time(fwd, steps, torch.cuda.synchronize), gpu_time(step, steps, torch.cuda.synchronize))
+                torch.cuda.empty_cache()
+        rows.append(dict(config=name, gflop=forward_gflop(*cfg), ms=ms))
+    return rows, gpu_layers(names, steps, sync, torch)
+
+
+def gpu_layers(names, steps, sync, torch):
+    """Forward time of each distinct 64-256-channel conv3x3 of the configs, per precision,
+    against the matmul rate of that precision (torch, when present) as the tensor-core ceiling."""
+    import cupy
+    from cunet import ops
+    ceiling = {}
+    if torch is not None:
+        for prec, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
+            torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
+            a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+            t = gpu_time(lambda: a @ a, 10, torch.cuda.synchronize)
+            ceiling[prec] = 2 * 8192 ** 3 / t / 1e9   # TFLOP/s (ms -> /1e9)
+            del a
+    rows = []
+    for name in names:
+        dims, n, size, base, depth, _ = GPU_CONFIGS[name]
+        c, s = base, size
+        for _ in range(depth + 1):
+            if 64 <= c <= 256:
+                x = cupy.random.standard_normal((n, c) + (s,) * dims, dtype=cupy.float32)
+                w = cupy.random.standard_normal((c, c) + (3,) * dims, dtype=cupy.float32)
+                b = cupy.zeros(c, cupy.float32)
+                flop = 2.0 * n * c * c * 3 ** dims * s ** dims
+                for prec in ("fp32", "tf32", "bf16"):
+                    t = gpu_time(lambda: ops.conv_forward(x, w, b, 1, 1, relu=True, precision=prec), steps, sync)
+                    rate = flop / t / 1e9
+                    rows.append((name, f"{c}x{c} at {s}^{dims}", prec, t, rate, ceiling.get(prec)))
+            c, s = 2 * c, s // 2
+    return rows, ceiling
+
+
+def gpu_table(rows, layers):
+    print("\n### GPU: training step (forward, loss, backward, Adam) and forward, median ms")
+    print("| config | contender | fwd ms | train ms | train TFLOP/s | vs PyTorch same precision |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        for who, (f, t) in r["ms"].items():
+            prec = "bf16" if "bf16" in who else "tf32" if "tf32" in who else None
+            ref = r["ms"].get(f"torch-{prec}") if prec and who.startswith("cunet") else None
+            ratio = f"{t / ref[1]:.2f}" if ref else ""
+            fs = f"{f:.2f}" if f is not None else "-"
+            print(f"| {r['config']} | {who} | {fs} | {t:.2f} | {3 * r['gflop'] / t:.1f} | {ratio} |")
+    layer_rows, ceiling = layers
+    print("\n### GPU: conv3x3 forward (+bias+ReLU) on the 64-256-channel layers")
+    print("tensor-core ceiling (8192^3 matmul): " + (", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in ceiling.items())
+                                                   or "not measured (no CUDA PyTorch)"))
+    print("| config | layer | precision | ms | TFLOP/s | % of ceiling |")
+    print("|---|---|---|---:|---:|---:|")
+    for name, layer, prec, t, rate, ceil in layer_rows:
+        pct = f"{100 * rate / ceil:.0f}%" if ceil else ""
+        print(f"| {name} | {layer} | {prec} | {t:.3f} | {rate:.1f} | {pct} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--config", nargs="+", choices=list(CONFIGS) + list(GPU_CONFIGS))
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     ap.add_argument("--json", help=argparse.SUPPRESS)   # child mode: write rows here
     args = ap.parse_args()
+    if args.device == "cuda":
+        names = args.config or list(GPU_CONFIGS)
+        bad = [c for c in names if c not in GPU_CONFIGS]
+        if bad:
+            ap.error(f"--config: with --device cuda expected {' '.join(GPU_CONFIGS)}, got {' '.join(bad)}")
+        gpu_table(*run_gpu(names, args.steps))
+        return
+    args.config = args.config or list(CONFIGS)
+    bad = [c for c in args.config if c not in CONFIGS]
+    if bad:
+        ap.error(f"--config: on the CPU expected {' '.join(CONFIGS)}, got {' '.join(bad)}")
     if args.json:
         json.dump(run_timing(args.config, args.steps), open(args.json, "w"))
         return
