@@ -66,6 +66,27 @@ inline void maxpool_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t
             const float* xc = x + nc * D * H * W;
             float* yr = y + row * Wo;
             int64_t* ar = argmax + row * Wo;
+            if (KW == 2 && SW == 2 && PW == 0 && za < zb && ya < yb) {
+                // the UNet's 2x2(x2) pooling: window rows in order, each a pair of columns per
+                // output; compares vectorised over the output row (ties: first wins, NaN: last)
+                for (int64_t ox = 0; ox < Wo; ++ox) { yr[ox] = cunet::neg_inf(); ar[ox] = (za * H + ya) * W + 2 * ox; }
+                for (int64_t iz = za; iz < zb; ++iz)
+                    for (int64_t iy = ya; iy < yb; ++iy) {
+                        const int64_t base = (iz * H + iy) * W;
+                        const float* xr = xc + base;
+#pragma omp simd
+                        for (int64_t ox = 0; ox < Wo; ++ox) {
+                            const float v0 = xr[2 * ox], v1 = xr[2 * ox + 1];
+                            float best = yr[ox];
+                            int64_t arg = ar[ox];
+                            if (v0 > best || v0 != v0) { best = v0; arg = base + 2 * ox; }
+                            if (v1 > best || v1 != v1) { best = v1; arg = base + 2 * ox + 1; }
+                            yr[ox] = best;
+                            ar[ox] = arg;
+                        }
+                    }
+                continue;
+            }
             for (int64_t ox = 0; ox < Wo; ++ox) {
                 const int64_t x0 = ox * SW - PW, xa = x0 > 0 ? x0 : 0, xb = x0 + KW < W ? x0 + KW : W;
                 float best = cunet::neg_inf();
