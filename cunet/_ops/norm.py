@@ -4,10 +4,15 @@ from cunet import _check
 from cunet._ops.core import coop, empty, f32, loop, ncs, register, run
 from cunet.reference import _batchnorm_args
 
-register("norm", "batchnorm_stats", "batchnorm_eval_stats", "batchnorm_normalize",
-         "batchnorm_backward_reduce", "batchnorm_backward_data")
+register("norm", "batchnorm_stats_partials", "batchnorm_stats_finalize", "batchnorm_eval_stats",
+         "batchnorm_normalize", "batchnorm_backward_partials", "batchnorm_backward_finalize", "batchnorm_backward_data")
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
+
+
+def batchnorm_groups(n, c, s):
+    """Slices per channel of the partials kernels: cunet::batchnorm_groups in kernels/norm.cuh."""
+    return max(1, min((n * s + 8191) // 8192, 1024 // max(c, 1)))
 
 
 def _kernel_arrays(x, **arrays):
@@ -30,8 +35,12 @@ def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, train
     mean, invstd = empty(x, (c,)), empty(x, (c,))
     if training:
         # 0: a null pointer (core.run's host path does not map None to one)
-        run("batchnorm_stats", coop(c), n, c, s, x, mean, invstd, 0 if running_mean is None else running_mean,
-            0 if running_var is None else running_var, float(momentum), float(eps))
+        g = batchnorm_groups(n, c, s)
+        part = empty(x, (c * g * 2,))
+        run("batchnorm_stats_partials", coop(c * g), n, c, s, g, x, part)
+        run("batchnorm_stats_finalize", loop(c), n, c, s, g, part, mean, invstd,
+            0 if running_mean is None else running_mean, 0 if running_var is None else running_var,
+            float(momentum), float(eps))
     else:
         run("batchnorm_eval_stats", loop(c), c, running_mean, running_var, mean, invstd, float(eps))
     y = empty(x, x.shape)
@@ -46,7 +55,10 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
     _kernel_arrays(x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
     n, c, s = ncs(x)
     dgamma, dbeta, dx = empty(x, (c,)), empty(x, (c,)), empty(x, x.shape)
-    run("batchnorm_backward_reduce", coop(c), n, c, s, dy, x, mean, invstd, dgamma, dbeta)
+    g = batchnorm_groups(n, c, s)
+    part = empty(x, (c * g * 2,))
+    run("batchnorm_backward_partials", coop(c * g), n, c, s, g, dy, x, mean, invstd, part)
+    run("batchnorm_backward_finalize", loop(c), c, g, part, dgamma, dbeta)
     run("batchnorm_backward_data", loop(x.size), n, c, s, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
         int(bool(training)))
     return dx, dgamma, dbeta
