@@ -30,6 +30,8 @@
 // The cooperative kernels' threads stride over their slice of the channel in (n, s) order
 // (coalesced within each row). Deterministic: fixed slices, fixed reduction trees, partials
 // summed in order. G: cunet/_ops/norm.py's batchnorm_groups (any G >= 1 is valid).
+// Host build: normalize and backward_data run row loops (no division per element) unless
+// host_variants() is off; the partials kernels walk contiguous row segments with 1 thread.
 #pragma once
 #include "portable.cuh"
 
@@ -41,8 +43,17 @@ namespace cunet {
 // without a division per element.
 template <class F>
 __device__ __forceinline__ void for_slice(int64_t N, int64_t C, int64_t S, int64_t G, int64_t c, int64_t g, F&& f) {
-    const int64_t M = N * S, step = blockDim.x, dn = step / S, ds = step % S, end = (g + 1) * M / G;
+    const int64_t M = N * S, step = blockDim.x, end = (g + 1) * M / G;
     int64_t m = g * M / G + threadIdx.x, n = m / S, s = m % S;
+    if (step == 1) {   // host loop mode: the slice's row segments, contiguous inner loops
+        for (; m < end; s = 0, ++n) {
+            const int64_t e = s + (end - m) < S ? s + (end - m) : S, row = (n * C + c) * S;
+            for (int64_t j = s; j < e; ++j) f(row + j);
+            m += e - s;
+        }
+        return;
+    }
+    const int64_t dn = step / S, ds = step % S;
     for (; m < end; m += step) {
         f((n * C + c) * S + s);
         n += dn, s += ds;
@@ -56,10 +67,12 @@ extern "C" __global__ void batchnorm_stats_partials(int64_t N, int64_t C, int64_
     __shared__ cunet::acc_t mean_sh;
     const int64_t c = blockIdx.x / G, g = blockIdx.x % G, M = N * S;
     // this thread: count, mean and M2 of its values, summed as shifts from its first value
-    cunet::acc_t K = 0, a = 0, b = 0;
+    const int64_t first = g * M / G + threadIdx.x;   // (n, s) -> x index of the thread's first value
+    const cunet::acc_t K = first < (g + 1) * M / G ? x[((first / S) * C + c) * S + first % S] : 0;
+    cunet::acc_t a = 0, b = 0;
     int64_t cnt = 0;
     cunet::for_slice(N, C, S, G, c, g, [&](int64_t i) {
-        if (cnt++ == 0) K = x[i];
+        ++cnt;
         const cunet::acc_t d = x[i] - K;
         a += d;
         b += d * d;
@@ -187,6 +200,20 @@ inline void batchnorm_eval_stats(int64_t C, const float* running_mean, const flo
 }
 inline void batchnorm_normalize(int64_t N, int64_t C, int64_t S, const float* x, const float* mean,
                                 const float* invstd, const float* gamma, const float* beta, float* y, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) {   // rows of one channel: no index division per element
+#pragma omp parallel for schedule(static) if (N * C * S > 32768)
+        for (int64_t r = 0; r < N * C; ++r) {
+            const int64_t c = r % C;
+            const float w = invstd[c] * gamma[c], m = mean[c], b = beta[c];
+            const float* xr = x + r * S;
+            float* yr = y + r * S;
+#pragma omp simd
+            for (int64_t j = 0; j < S; ++j) yr[j] = (xr[j] - m) * w + b;
+        }
+        return;
+    }
+#endif
     CUNET_LAUNCH_LOOP(::batchnorm_normalize, N * C * S, s, N, C, S, x, mean, invstd, gamma, beta, y);
 }
 inline void batchnorm_backward_partials(int64_t N, int64_t C, int64_t S, int64_t G, const float* dy, const float* x,
@@ -201,6 +228,27 @@ inline void batchnorm_backward_finalize(int64_t C, int64_t G, const float* part,
 inline void batchnorm_backward_data(int64_t N, int64_t C, int64_t S, const float* dy, const float* x,
                                     const float* mean, const float* invstd, const float* gamma, const float* dgamma,
                                     const float* dbeta, float* dx, int64_t training, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) {   // rows of one channel, the kernel's expression
+        const float inv_m = 1.0f / (float)(N * S);
+#pragma omp parallel for schedule(static) if (N * C * S > 32768)
+        for (int64_t r = 0; r < N * C; ++r) {
+            const int64_t c = r % C;
+            const float w = gamma[c] * invstd[c], m = mean[c], is = invstd[c], dg = dgamma[c], db = dbeta[c];
+            const float* dyr = dy + r * S;
+            const float* xr = x + r * S;
+            float* dxr = dx + r * S;
+            if (training) {
+#pragma omp simd
+                for (int64_t j = 0; j < S; ++j) dxr[j] = w * (dyr[j] - (db + (xr[j] - m) * is * dg) * inv_m);
+            } else {
+#pragma omp simd
+                for (int64_t j = 0; j < S; ++j) dxr[j] = dyr[j] * w;
+            }
+        }
+        return;
+    }
+#endif
     CUNET_LAUNCH_LOOP(::batchnorm_backward_data, N * C * S, s, N, C, S, dy, x, mean, invstd, gamma, dgamma, dbeta, dx,
                       training);
 }

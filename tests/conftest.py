@@ -34,6 +34,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(params=["host", "portable"])
+def variant(request):
+    """host: launchers with a CPU variant run it; portable: they run the GPU kernels' code."""
+    from cunet import ops
+    ops.set_host_variants(request.param == "host")
+    yield request.param
+    ops.set_host_variants(True)
+
+
 @pytest.fixture(params=["loops", "emulated"])
 def block_mode(request):
     from cunet import ops

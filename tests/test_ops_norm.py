@@ -23,7 +23,7 @@ def _params(c):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", SHAPES + SLICED)
-def test_batchnorm_forward_matches_reference(shape, training, device, block_mode):
+def test_batchnorm_forward_matches_reference(shape, training, device, block_mode, variant):
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
     gamma, beta, rm, rv = _params(shape[1])
     rm_ref, rv_ref = rm.copy(), rv.copy()
@@ -84,7 +84,7 @@ def _sum_tol(terms, axes):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", SHAPES + SLICED)
-def test_batchnorm_backward_matches_reference(shape, training, device, block_mode):
+def test_batchnorm_backward_matches_reference(shape, training, device, block_mode, variant):
     x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     gamma, beta, rm, rv = _params(shape[1])

@@ -14,13 +14,6 @@ def tie_free(shape):
     return rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float32) / 7.0
 
 
-@pytest.fixture(params=["host", "portable"])
-def variant(request):
-    ops.set_host_variants(request.param == "host")
-    yield request.param
-    ops.set_host_variants(True)
-
-
 POOL = [((7, 6), 1, 3, 2, None, 0), ((9, 7), 3, 5, 3, 2, 1), ((5, 5), 1, 17, 3, 1, 1),
         ((6, 5, 7), 1, 3, 2, None, 0), ((5, 7, 4), 3, 2, 3, 2, 1), ((4, 4, 4), 1, 5, 2, 1, 0),
         ((7, 9), 2, 4, 2, 2, 0), ((3, 5, 9), 2, 3, (1, 2, 2), None, 0)]   # the UNet's 2x2 row path, odd W

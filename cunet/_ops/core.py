@@ -144,8 +144,9 @@ def ncs(a):
 
 def set_host_variants(on):
     """Host build: launchers with a CPU-specific variant beside the portable kernel (conv
-    forward/data/weight, concat, channel sums) run it (default, fast) or the portable kernel
-    that the GPU runs (tests compare both with the reference). No effect on CuPy arrays."""
+    forward/data/weight, concat, channel sums, maxpool forward, batch-norm normalize and data
+    gradient) run it (default, fast) or the portable kernel that the GPU runs (tests compare
+    both with the reference). No effect on CuPy arrays."""
     native().set_host_variants(bool(on))
 
 
