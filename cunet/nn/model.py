@@ -27,6 +27,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Model:
+    _precision = "fp32"
+
     def _build(self, named_layers, seed):
         """named_layers: (prefix, layer) in the order the forward pass first uses them."""
         self.leaves = named_layers

@@ -142,6 +142,8 @@ class UNet(Model):
 
     @fuse.setter
     def fuse(self, on):
-        self._fuse = _check.choice("fuse", on, (True, False))
+        if not isinstance(on, bool):
+            raise TypeError(f"fuse: expected True or False, got {on!r}")
+        self._fuse = on
         for block in self._blocks:
             block.fuse = on
