@@ -39,7 +39,7 @@ import numpy as np
 
 from cunet import _check, ops
 from cunet.nn.layers import F
-from cunet.nn.model import _host
+from cunet.nn.model import _host, upload
 
 __all__ = ["SGD", "Adam", "AdamW", "from_config", "clip_grad_norm", "StepLR", "CosineLR", "PolyLR",
            "schedule_from_config"]
@@ -111,11 +111,7 @@ class Optimizer:
         `scalars` (an asynchronous host->device copy on CuPy: no sync)."""
         self._ensure_state()
         self.step_count += 1
-        host = np.asarray(self._scalar_values(), np.float32)
-        if isinstance(self.scalars, np.ndarray):
-            self.scalars[...] = host
-        else:
-            self.scalars.set(host)
+        upload(self.scalars, np.asarray(self._scalar_values(), np.float32))
 
     def apply(self):
         """The device half: the update kernels, reading lr etc. from `scalars` (the float64

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from cunet import __version__, _check
+from cunet.nn.model import _host, upload
 
 __all__ = ["ArrayBatches", "History", "TrainStep", "fit", "save_checkpoint", "load_checkpoint", "load"]
 
@@ -173,19 +174,20 @@ class TrainStep:
     step.loss; see the module doc) reads only those buffers, the model's flat arrays, the
     optimizer's state and `scalars`, and the model's `seeds`, so it can be replayed.
 
-    graph=True (a model on "cuda" only): calls run on step.stream (a non-blocking CuPy
-    stream) and the device part allocates from step.pool, a memory pool of its own. Calls
-    1 and 2 run it eagerly (warm-up: kernels compiled and loaded, the pool filled to the
-    step's working set with the buffers of the previous step still held, as in the steady
-    state); call 3 captures it (stream.begin_capture / end_capture) and every call from
-    the third on launches the graph. Blocks a captured step used are never handed to
-    anything else, because nothing else allocates from step.pool; the arrays that
-    outlive a step (state, scalars, seeds, step.x/y/loss/logits) are held for the graph's
-    lifetime. step.capture_bytes is what the pool had to grow during capture (0 expected;
-    growth would be allowed: CuPy captures in relaxed mode). Replays use the arrays as they
-    were at capture: do not move the model or load optimizer state afterwards (make a new
-    TrainStep). The value checks of the losses never run in a captured step (they read the
-    device); check batches on the host (fit does).
+    graph=True (a model on "cuda" only): every call runs on step.stream (a non-blocking
+    CuPy stream). Call 1 runs the device part eagerly (kernels compiled and loaded, lazy
+    state allocated); call 2 eagerly again while counting the bytes it allocates; call 3
+    reserves step.arena, one buffer of that many bytes, and captures the device part
+    (stream.begin_capture / end_capture) with every allocation served from it by a bump
+    allocator; from call 3 on each call launches the graph. So capture calls no cudaMalloc,
+    the step allocates nothing after the warm-up, the addresses baked into the graph belong
+    to it alone (nothing else allocates from the arena, which lives as long as the step),
+    and the same sequence lands on the same addresses (CuPy's own pool picks blocks from
+    sets). The price: temporaries are not reused within the step, so step.arena_bytes is
+    about twice the step's peak working set. Replays use the arrays as they were at
+    capture: do not move the model or load optimizer state afterwards (make a new
+    TrainStep). The losses' value checks never run in a captured step (they read the
+    device): check batches on the host (fit does).
 
     checks: the losses' value checks (None: on for NumPy, off for CuPy). stream: the CuPy
     stream the calls run on (default: the current one; a new non-blocking one with graph)."""
@@ -199,12 +201,11 @@ class TrainStep:
         self.model, self.loss_fn, self.optimizer, self.clip = model, loss, optimizer, clip
         self.checks = (model.xp is np) if checks is None else bool(checks)
         xp, fdt = model.xp, model.params.dtype
-        self.graph = self.stream = self.pool = None
-        self.capture, self.calls, self.capture_bytes = graph, 0, None
+        self.graph = self.stream = self.arena = None
+        self.capture, self.calls, self.arena_bytes = graph, 0, None
         if model.device == "cuda":
             import cupy
             self.stream = stream if stream is not None or not graph else cupy.cuda.Stream(non_blocking=True)
-            self.pool = cupy.cuda.MemoryPool() if graph else None
         with self._on_stream():
             self.x = xp.zeros(tuple(x_shape), fdt)
             self.y = xp.zeros(tuple(y_shape), y_dtype)
@@ -214,10 +215,6 @@ class TrainStep:
     def _on_stream(self):
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
-    def fits(self, x, y):
-        """True when a batch has the static buffers' shapes (a graph needs fixed shapes)."""
-        return tuple(x.shape) == self.x.shape and tuple(y.shape) == self.y.shape
-
     def load(self, x, y):
         """Copy a batch (NumPy or array of the model's device) into step.x, step.y."""
         for name, dst, src in (("x", self.x, x), ("y", self.y, y)):
@@ -226,12 +223,12 @@ class TrainStep:
             if isinstance(dst, np.ndarray) or not isinstance(src, np.ndarray):
                 dst[...] = src
             else:   # NumPy -> CuPy: one host->device copy on the current stream, no sync
-                dst.set(np.ascontiguousarray(src, dtype=dst.dtype))
+                upload(dst, src)
 
     def _device_part(self):
         """Everything a graph replays: kernels over static buffers, no host reads."""
         from cunet.optim import clip_grad_norm
-        self.logits = None   # the previous step's logits go back to the pool first
+        self.logits = None   # released before the new ones are allocated (the eager steps' peak)
         self.optimizer.zero_grad()
         self.logits = self.model.forward(self.x)
         value, dlogits = self.loss_fn(self.logits, self.y)
@@ -256,22 +253,52 @@ class TrainStep:
 
     def _graph_step(self):
         import cupy
+        if self.graph is None and self.calls == 0:   # warm-up
+            with _check.value_checks(self.checks):
+                self._device_part()
+            return
+        if self.graph is None and self.calls == 1:   # warm-up that measures the arena
+            counter = _Arena(None)
+            with cupy.cuda.using_allocator(counter.malloc), _check.value_checks(self.checks):
+                self._device_part()
+            self.arena_bytes = counter.offset
+            return
         if self.graph is None:
-            with cupy.cuda.using_allocator(self.pool.malloc):
-                if self.calls < 2:
-                    with _check.value_checks(self.checks):
-                        self._device_part()
-                    return
-                before = self.pool.total_bytes()
-                with _check.value_checks(False):
-                    self.stream.begin_capture()
-                    try:
-                        self._device_part()
-                    finally:
-                        graph = self.stream.end_capture()   # also ends a capture an error broke off
-                self.capture_bytes = self.pool.total_bytes() - before
-                self.graph = graph
+            self.arena = _Arena(self.arena_bytes)   # reserved before capture: no cudaMalloc inside it
+            with cupy.cuda.using_allocator(self.arena.malloc), _check.value_checks(False):
+                self.stream.begin_capture()
+                try:
+                    self._device_part()
+                finally:
+                    graph = self.stream.end_capture()   # also ends a capture an error broke off
+            self.graph = graph
         self.graph.launch(self.stream)
+
+
+class _Arena:
+    """The allocator of a captured step (cupy.cuda.using_allocator): allocation k gets the
+    next slice of one reserved buffer (256-byte aligned, never reused). _Arena(None) only
+    counts: it allocates from CuPy's default pool and adds up the bytes (the warm-up)."""
+    ALIGN = 256
+
+    def __init__(self, nbytes):
+        import cupy
+        self.nbytes, self.offset = nbytes, 0
+        self.buffer = None if nbytes is None else cupy.cuda.alloc(max(nbytes, 1))
+
+    def malloc(self, size):
+        import cupy
+        n = -(-size // self.ALIGN) * self.ALIGN
+        if self.buffer is None:
+            self.offset += n
+            return cupy.get_default_memory_pool().malloc(size)
+        if self.offset + n > self.nbytes:
+            raise RuntimeError(f"graph capture: the step asked for more than the {self.nbytes} bytes its warm-up "
+                               f"used (at {self.offset} bytes, {size} more); did a shape or setting change "
+                               f"between steps?")
+        mem = cupy.cuda.memory.UnownedMemory(self.buffer.ptr + self.offset, size, self, self.buffer.device_id)
+        self.offset += n
+        return cupy.cuda.memory.MemoryPointer(mem, 0)
 
 
 # ---- the loop
@@ -368,7 +395,14 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
         with stream if stream is not None else contextlib.nullcontext():
             while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
                 t_epoch, loss_sum, n_done, complete = time.monotonic(), 0.0, 0, True
-                device_losses, k = None, 0   # CuPy: this epoch's losses, read at its end
+                epoch_losses, k = None, 0   # this epoch's step losses, on the model's device
+
+                def read_losses():   # to the host: every step on the CPU, once an epoch on a GPU
+                    nonlocal loss_sum, n_done
+                    if n_done < k:
+                        values = _host(epoch_losses[n_done:k]).astype(float).tolist()
+                        loss_sum, n_done = _take_losses(values, step, loss_sum, n_done, nonfinite, bar)
+
                 for i, (x, y) in enumerate(train.batches(epoch)):
                     if i < batch:
                         continue   # resuming inside an epoch: these batches were trained on
@@ -386,13 +420,12 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                     if schedule is not None:
                         schedule.step()
                     step, batch = step + 1, batch + 1
-                    if gpu:   # a device copy: the value stays on the GPU until the epoch ends
-                        if device_losses is None:
-                            device_losses = model.xp.empty(n_batches, value.dtype)
-                        device_losses[k] = value
-                        k += 1
-                    else:
-                        loss_sum, n_done = _take_losses([float(value)], step, loss_sum, n_done, nonfinite, bar)
+                    if epoch_losses is None:
+                        epoch_losses = model.xp.empty(n_batches, value.dtype)
+                    epoch_losses[k] = value   # on a GPU a device copy: no sync
+                    k += 1
+                    if not gpu:
+                        read_losses()
                     bar.update(1)
                     if steps is not None and step >= steps:
                         stop = "steps"
@@ -401,10 +434,7 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                     if stop:
                         complete = batch >= n_batches
                         break
-                if k:
-                    from cunet.nn.model import _host
-                    loss_sum, n_done = _take_losses(_host(device_losses[:k]).astype(float).tolist(), step, loss_sum,
-                                                    n_done, nonfinite, bar)
+                read_losses()
                 record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete,
                               lr=float(optimizer.lr), train_loss=_num(loss_sum / n_done) if n_done else None,
                               time=round(time.monotonic() - t_epoch, 3))
@@ -436,8 +466,9 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
 
 
 def _take_losses(values, step, loss_sum, n_done, nonfinite, bar):
-    """Host values of the losses of the last len(values) steps, ending at `step`: raise on
-    the first non-finite one, show the last on the bar, add them to the running sum."""
+    """Host values of the losses of steps n_done+1 .. n_done+len(values) of the epoch, the
+    last being `step`: raise on the first non-finite one, show the last on the bar, add
+    them to the running sum."""
     for i, v in enumerate(values):
         if not math.isfinite(v):
             raise nonfinite(step - len(values) + i + 1, v)

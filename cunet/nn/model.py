@@ -81,13 +81,8 @@ class Model:
     def write_seeds(self):
         """Copy the dropout layers' seeds into `seeds` (one host->device copy on the current
         CuPy stream, asynchronous: no sync)."""
-        host = np.array([seed_halves(layer.seed) for layer in self._dropouts()], np.int64).reshape(-1, 2)
-        if self.seeds.size == 0:
-            return
-        if isinstance(self.seeds, np.ndarray):
-            self.seeds[...] = host
-        else:
-            self.seeds.set(host)
+        if self.seeds.size:
+            upload(self.seeds, np.array([seed_halves(layer.seed) for layer in self._dropouts()], np.int64))
 
     def reseed(self, step):
         """Dropout masks for training step `step` (the trainer calls this once per step)."""
@@ -186,3 +181,14 @@ class Model:
 def _host(a):
     """A NumPy copy of a NumPy/CuPy array."""
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def upload(dst, host):
+    """Copy host (NumPy) values into dst: an assignment for NumPy; for CuPy an asynchronous
+    host->device copy on the current stream (ordered with the kernels around it, no sync;
+    the stream is passed explicitly because CuPy versions differ on what set() does without)."""
+    if isinstance(dst, np.ndarray):
+        dst[...] = host
+        return
+    import cupy
+    dst.set(np.ascontiguousarray(host, dtype=dst.dtype), stream=cupy.cuda.get_current_stream())
