@@ -257,9 +257,9 @@ class TrainStep:
             with _check.value_checks(self.checks):
                 self._device_part()
             return
-        if self.graph is None and self.calls == 1:   # warm-up that measures the arena
+        if self.graph is None and self.calls == 1:   # warm-up that measures the arena: exactly what capture runs
             counter = _Arena(None)
-            with cupy.cuda.using_allocator(counter.malloc), _check.value_checks(self.checks):
+            with cupy.cuda.using_allocator(counter.malloc), _check.value_checks(False):
                 self._device_part()
             self.arena_bytes = counter.offset
             return
@@ -278,12 +278,14 @@ class TrainStep:
 class _Arena:
     """The allocator of a captured step (cupy.cuda.using_allocator): allocation k gets the
     next slice of one reserved buffer (256-byte aligned, never reused). _Arena(None) only
-    counts: it allocates from CuPy's default pool and adds up the bytes (the warm-up)."""
+    counts: it allocates with the allocator current at its creation and adds up the bytes
+    (the warm-up)."""
     ALIGN = 256
 
     def __init__(self, nbytes):
         import cupy
         self.nbytes, self.offset = nbytes, 0
+        self.inner = cupy.cuda.get_allocator()   # the allocator in use outside the step
         self.buffer = None if nbytes is None else cupy.cuda.alloc(max(nbytes, 1))
 
     def malloc(self, size):
@@ -291,7 +293,7 @@ class _Arena:
         n = -(-size // self.ALIGN) * self.ALIGN
         if self.buffer is None:
             self.offset += n
-            return cupy.get_default_memory_pool().malloc(size)
+            return self.inner(size)
         if self.offset + n > self.nbytes:
             raise RuntimeError(f"graph capture: the step asked for more than the {self.nbytes} bytes its warm-up "
                                f"used (at {self.offset} bytes, {size} more); did a shape or setting change "

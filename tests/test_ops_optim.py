@@ -112,8 +112,8 @@ def test_optim_bad_input():
 # ---- device-scalar variants (what a captured CUDA graph replays): same bits as by value
 
 SGD_KW = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(weight_decay=0.01, l1=0.001)]
-ADAM_KW = [dict(), dict(beta1=0.5, beta2=0.99, eps=1e-6), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled=True),
-           dict(weight_decay=0.05, l1=0.01, decoupled=True)]
+ADAM_KW = [dict(), dict(beta1=0.5, beta2=0.99, eps=1e-6), dict(weight_decay=0.1),
+           dict(weight_decay=0.1, decoupled=True), dict(weight_decay=0.05, l1=0.01, decoupled=True)]
 LRS = [0.1, 0.0, 0.03, 0.05, 0.0, 0.07]   # a schedule, zeros included (the update is skipped)
 
 
