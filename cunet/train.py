@@ -322,8 +322,9 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     precision ("fp32", "tf32", "bf16"): the conv GEMM operands for this call (training and
     validation), overriding the model's own, which is restored afterwards; None keeps the
     model's. Parameters, gradients and optimizer state stay float32 either way.
-    On a "cuda" model a step never waits for the device: batches are checked on the host,
-    losses are read at the end of each epoch (the progress bar's loss too), and the time
+    On a "cuda" model a step never waits for the device: batches are checked on the host
+    (a source yielding CuPy batches is not checked), losses are read at the end of each
+    epoch (the progress bar's loss too), and the time
     budget counts host time (the device may be some steps behind). debug=True keeps the
     losses' device-side value checks (one sync each per step). graph=True captures the
     step into a CUDA graph and replays it (TrainStep; batches of another shape, e.g. a
@@ -409,7 +410,7 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                     if i < batch:
                         continue   # resuming inside an epoch: these batches were trained on
                     x, y = _host_batch(model, x, y)
-                    if not checks:
+                    if not checks and isinstance(x, np.ndarray):   # (CuPy batches: only with debug=True)
                         _check_batch(x, y, loss, max(2, model.config["out_channels"]))
                     fn = step_fn(x, y)
                     try:
@@ -481,8 +482,10 @@ def _take_losses(values, step, loss_sum, n_done, nonfinite, bar):
 def _host_batch(model, x, y):
     """A batch as contiguous NumPy arrays of the dtypes the model's step takes: float32
     (float64 for "reference") images and float targets, integer labels as they are
-    (bool -> int64). The step copies them to the device."""
-    from cunet.nn.model import _host
+    (bool -> int64). The step copies them to the device. A batch already on the GPU (a
+    source that yields CuPy arrays) stays there (_to_device)."""
+    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)) and model.device == "cuda":
+        return _to_device(model, x, y)
     fdt = np.float64 if model.device == "reference" else np.float32
     ydt = np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype)
     return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
