@@ -183,11 +183,12 @@ class TrainStep:
     the step allocates nothing after the warm-up, the addresses baked into the graph belong
     to it alone (nothing else allocates from the arena, which lives as long as the step),
     and the same sequence lands on the same addresses (CuPy's own pool picks blocks from
-    sets). The price: temporaries are not reused within the step, so step.arena_bytes is
-    about twice the step's peak working set. Replays use the arrays as they were at
-    capture: do not move the model or load optimizer state afterwards (make a new
-    TrainStep). The losses' value checks never run in a captured step (they read the
-    device): check batches on the host (fit does).
+    sets). The price: temporaries are not reused within the step, so step.arena_bytes (the
+    sum of the step's allocations) exceeds an eager step's peak. Replays use the arrays as
+    they were at capture: do not move the model or load optimizer state afterwards (make a
+    new TrainStep). The losses' value checks never run in a captured step (they read the
+    device): check batches on the host (fit does). Read step.loss on step.stream (or after
+    step.stream.synchronize()): the stream does not synchronize with the legacy default one.
 
     checks: the losses' value checks (None: on for NumPy, off for CuPy). stream: the CuPy
     stream the calls run on (default: the current one; a new non-blocking one with graph)."""
