@@ -5,11 +5,32 @@ Every check raises `TypeError` (wrong kind of object or dtype) or `ValueError`
 expected and what came. The array module (NumPy or CuPy) is taken from the array,
 so the same checks serve both devices.
 """
+import contextlib
 import numbers
 
 import numpy as np
 
 FLOATS = (np.float32, np.float64)
+
+# Checks that read array values (finite, label range, [0, 1] targets) cost a device->host
+# sync per call on a GPU. The training loop turns them off around a CuPy step, having
+# checked the batch on the host (cunet.train); shapes, dtypes and arguments stay checked.
+_values = [True]
+
+
+def values_checked():
+    """True unless inside `value_checks(False)`."""
+    return _values[0]
+
+
+@contextlib.contextmanager
+def value_checks(on):
+    """Within the block, checks that read array values run (True) or are skipped (False)."""
+    old, _values[0] = _values[0], bool(on)
+    try:
+        yield
+    finally:
+        _values[0] = old
 
 
 def xp_of(a):
@@ -121,6 +142,8 @@ def choice(name, v, options):
 
 def finite(name, a):
     """Reject NaN/inf where it would poison a reduction (losses, statistics)."""
+    if not values_checked():
+        return
     xp = xp_of(a)
     if not bool(xp.isfinite(a).all()):
         bad = int((~xp.isfinite(a)).sum())
@@ -132,6 +155,8 @@ def labels(name, lab, num_classes, shape=None):
     array(name, lab, dtype="int")
     if shape is not None and tuple(lab.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(lab.shape)}")
+    if not values_checked():
+        return lab
     xp = xp_of(lab)
     bad = (lab < 0) | (lab >= num_classes)
     if bool(bad.any()):

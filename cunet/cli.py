@@ -93,7 +93,7 @@ def cmd_train(a):
                                 seed=a.seed + 1, prefetch=False)
     out_ch = 1 if classes == 2 else classes
     model = cunet.UNet(dims=a.dims, in_channels=tx[0].shape[0], out_channels=out_ch, base=a.base, depth=a.depth,
-                       norm="batch" if a.batchnorm else None, seed=a.seed)
+                       norm="batch" if a.batchnorm else None, seed=a.seed, precision=a.precision)
     if a.device == "cuda":
         model.to("cuda")
     loss = losses.DiceCE()
@@ -104,7 +104,7 @@ def cmd_train(a):
     print(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
           f" device {a.device}")
     train.fit(model, loss, opt, src, val, epochs=a.epochs, schedule=sched, out=run_dir, num_classes=classes,
-              time_budget=a.time_budget)
+              time_budget=a.time_budget, graph=a.graph)
     best = run_dir / ("best.safetensors" if (run_dir / "best.safetensors").exists() else "last.safetensors")
     model.load_state_dict(train.load_checkpoint(best)["state"])
     extra = dict(normalization=norm_cfg, classes=classes, axis=a.axis, patch=list(patch),
@@ -202,6 +202,9 @@ def parser():
     t.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="conv GEMM operands on the GPU (float32 master weights; the CPU computes fp32)")
+    t.add_argument("--graph", action="store_true", help="replay each training step as a CUDA graph (--device cuda)")
     t.set_defaults(run=cmd_train)
     q = sub.add_parser("predict", help="segment an image with a trained model")
     q.add_argument("model", metavar="MODEL")

@@ -17,6 +17,10 @@ into probabilities ("sigmoid", "softmax" or None for regression) for cunet.metri
     DiceBCE(smooth, variant, dice_weight, bce_weight)  dice_bce_loss (any K, elementwise)
     MSE(), L1()                                    mse_loss, l1_loss on any output/target
 
+Value checks (finite logits, label range, targets in [0, 1]) read the arrays, which on a
+GPU is a device->host sync per call: inside cunet._check.value_checks(False) they are
+skipped (cunet.train does so on CuPy and checks the batch on the host instead).
+
 Targets: softmax losses take integer label maps (N, *S) in [0, K). Sigmoid losses take a
 float target shaped like the logits, values in [0, 1], or, for one-channel logits, an
 integer {0, 1} label map (N, *S), converted to a float (N, 1, *S) on the logits' device.

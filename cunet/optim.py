@@ -15,6 +15,14 @@ the whole flat buffer, or over the two slices [:n_decay] and [n_decay:] when the
 make their arguments differ. State (velocity; m, v) is (P,) like params, allocated at the
 first step on the params' device and moved with them if the model moves.
 
+step() = advance() + apply(). advance (host) counts the step and writes the values that
+change from step to step, lr and Adam's bias corrections, into `scalars`, a small float32
+array on the params' device ([lr] for SGD, [lr, 1 - beta1^t, sqrt(1 - beta2^t)] for Adam,
+computed in double as before); apply launches the update kernels, which read them from
+there (cunet.ops.*_update_scalars, same bits as passing them by value). A captured CUDA
+graph replays apply with frozen kernel arguments, so the schedule and the step count
+still reach it (cunet.train.TrainStep). lr == 0 leaves params and state untouched.
+
 Schedules set opt.lr from the base lr (opt.lr when built) and their own step counter t, the
 number of sched.step() calls, each made after an optimizer step:
     StepLR(opt, step_size, gamma=0.1)           base·gamma^(t // step_size)
@@ -29,9 +37,9 @@ import math
 
 import numpy as np
 
-from cunet import _check
+from cunet import _check, ops
 from cunet.nn.layers import F
-from cunet.nn.model import _host
+from cunet.nn.model import _host, upload
 
 __all__ = ["SGD", "Adam", "AdamW", "from_config", "clip_grad_norm", "StepLR", "CosineLR", "PolyLR",
            "schedule_from_config"]
@@ -47,7 +55,7 @@ class Optimizer:
             if not hasattr(model, attr):
                 raise TypeError(f"model: expected a cunet model (with params, grads, n_decay), "
                                 f"got {type(model).__name__}")
-        self.model, self.step_count, self.state = model, 0, {}
+        self.model, self.step_count, self.state, self.scalars = model, 0, {}, None
         self._configure(**hyper)
         self._lr0 = self.lr
 
@@ -75,10 +83,17 @@ class Optimizer:
     def _state_names(self):
         return ()
 
+    def _scalar_values(self):
+        """The step-dependent kernel inputs of this step (step_count already counted)."""
+        return [self.lr]
+
     def _ensure_state(self):
         """Allocate the state lazily; follow the params if the model moved device/precision."""
         p = self.model.params
         xp = self.model.xp
+        n = len(self._scalar_values())
+        if self.scalars is None or _check.xp_of(self.scalars) is not xp:
+            self.scalars = xp.zeros(n, np.float32)
         for name in self._state_names():
             s = self.state.get(name)
             if s is None:
@@ -88,9 +103,20 @@ class Optimizer:
 
     def step(self):
         """One update of model.params from model.grads."""
+        self.advance()
+        self.apply()
+
+    def advance(self):
+        """The host half of a step: count it and write lr (and bias corrections) to
+        `scalars` (an asynchronous host->device copy on CuPy: no sync)."""
         self._ensure_state()
         self.step_count += 1
-        if self.lr == 0:
+        upload(self.scalars, np.asarray(self._scalar_values(), np.float32))
+
+    def apply(self):
+        """The device half: the update kernels, reading lr etc. from `scalars` (the float64
+        reference path takes them by value and skips lr == 0 here)."""
+        if self.model.params.dtype == np.float64 and self.lr == 0:
             return
         n, k = self.model.params.size, self.model.n_decay
         if not (self.l1 or self.l2) or k == n:
@@ -167,7 +193,11 @@ class SGD(Optimizer):
         p, g = self.model.params[sl], self.model.grads[sl]
         # without momentum the kernel never touches velocity: the gradient stands in for it
         vel = self.state["velocity"][sl] if self.momentum else g
-        F(p).sgd_update(p, g, vel, self.lr, self.momentum, self.nesterov, self.weight_decay + l2, l1)
+        args = (self.momentum, self.nesterov, self.weight_decay + l2, l1)
+        if F(p) is ops:
+            ops.sgd_update_scalars(p, g, vel, self.scalars, *args)
+        else:
+            F(p).sgd_update(p, g, vel, self.lr, *args)
 
 
 class Adam(Optimizer):
@@ -188,6 +218,9 @@ class Adam(Optimizer):
     def _state_names(self):
         return ("m", "v")
 
+    def _scalar_values(self):
+        return ops.adam_scalars(max(self.step_count, 1), self.lr, *self.betas)
+
     def _update(self, sl, l1, l2):
         p, g = self.model.params[sl], self.model.grads[sl]
         wd = self.weight_decay
@@ -195,8 +228,13 @@ class Adam(Optimizer):
             g = g + l2 * p if l2 else g   # coupled L2 on top of the decoupled decay (a temporary)
         else:
             wd += l2
-        F(p).adam_update(p, g, self.state["m"][sl], self.state["v"][sl], self.step_count, self.lr, *self.betas,
-                         eps=self.eps, weight_decay=wd, l1=l1, decoupled=self.decoupled)
+        m, v = self.state["m"][sl], self.state["v"][sl]
+        if F(p) is ops:
+            ops.adam_update_scalars(p, g, m, v, self.scalars, *self.betas, eps=self.eps, weight_decay=wd, l1=l1,
+                                    decoupled=self.decoupled)
+        else:
+            F(p).adam_update(p, g, m, v, self.step_count, self.lr, *self.betas, eps=self.eps, weight_decay=wd, l1=l1,
+                             decoupled=self.decoupled)
 
 
 class AdamW(Adam):
@@ -218,14 +256,22 @@ def from_config(model, cfg):
 
 
 def clip_grad_norm(model, max_norm):
-    """Global L2 norm of model.grads (a float); grads are scaled in place by
-    max_norm / (norm + 1e-6) when that is below 1 (torch.nn.utils.clip_grad_norm_)."""
+    """Global L2 norm of model.grads; grads are scaled in place by max_norm / (norm + 1e-6)
+    when that is below 1 (torch.nn.utils.clip_grad_norm_). NumPy: the norm is a float.
+    CuPy: the norm is a 0-d float32 device array and the scale is applied on the device
+    (float32 arithmetic), so clipping costs no device->host sync (and can be captured)."""
     max_norm = _check.number("max_norm", max_norm, lo=0, lo_open=True)
     g = model.grads
-    norm = math.sqrt(float(F(g).sum_squares(g)))
-    coef = max_norm / (norm + 1e-6)
-    if coef < 1:
-        g *= coef
+    sq = F(g).sum_squares(g)
+    if isinstance(sq, float):
+        norm = math.sqrt(sq)
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1:
+            g *= coef
+        return norm
+    xp = _check.xp_of(g)
+    norm = xp.sqrt(sq)
+    g *= xp.minimum(np.float32(max_norm) / (norm + np.float32(1e-6)), np.float32(1))
     return norm
 
 

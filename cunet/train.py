@@ -4,11 +4,23 @@
     fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, ...) -> History
     save_checkpoint(path, model, ...)   load_checkpoint(path) -> dict   load(path, device) -> UNet
 
-One step: model.reseed(step); zero_grad; forward; loss; backward; [clip]; optimizer.step();
-[schedule.step()]. Everything random is a function of explicit seeds and counters (batch
-order of (seed, epoch), dropout masks of the global step), and a checkpoint holds the
-weights, BN statistics, optimizer and schedule state and those counters: a resumed run
-repeats the uninterrupted one bit for bit on the CPU.
+    TrainStep(model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False)
+
+One step (TrainStep): copy the batch into static buffers; model.reseed(step);
+optimizer.advance() (host: step count, lr and bias corrections written to device memory);
+then the device part: zero_grad; forward; loss; backward; [clip]; optimizer.apply(); the
+loss copied into a static 0-d buffer. After it, [schedule.step()]. Everything random is a
+function of explicit seeds and counters (batch order of (seed, epoch), dropout masks of
+the global step), and a checkpoint holds the weights, BN statistics, optimizer and
+schedule state and those counters: a resumed run repeats the uninterrupted one bit for
+bit on the CPU.
+
+On CuPy a step issues no device->host synchronisation: the value checks of the losses
+(finite logits, label range, targets in [0, 1]) are replaced by checks of the batch on
+the host before it is copied (debug=True keeps the device checks), and losses stay on
+the device until the epoch ends, when they are read in one transfer (a non-finite loss
+is then reported with its step). With graph=True the device part is captured once into
+a CUDA graph and replayed (TrainStep).
 
 A checkpoint is one safetensors file:
     tensors   model.state_dict() names -> arrays, "optim/<name>" -> optimizer state (P,)
@@ -21,6 +33,7 @@ Every file is written to a temporary file in its folder and renamed over the tar
 
 Not here: data loading and augmentation (cunet.data), sliding-window inference (cunet.infer).
 """
+import contextlib
 import json
 import math
 import os
@@ -32,8 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from cunet import __version__, _check
+from cunet.nn.model import _host, upload
 
-__all__ = ["ArrayBatches", "History", "fit", "save_checkpoint", "load_checkpoint", "load"]
+__all__ = ["ArrayBatches", "History", "TrainStep", "fit", "save_checkpoint", "load_checkpoint", "load"]
 
 
 # ---- batch sources
@@ -145,10 +159,156 @@ def _num(v):
     return v if math.isfinite(v) else None
 
 
+# ---- one step over static buffers (and its CUDA graph)
+
+class TrainStep:
+    """A training step whose inputs and outputs live in fixed (static) buffers:
+
+        step = TrainStep(model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False)
+        value = step(x, y, index)   # -> step.loss, a 0-d array on the model's device
+
+    x (N, C, *S) and y (y_shape, y_dtype: int64 labels or float maps) are copied into
+    step.x / step.y (NumPy or CuPy sources; a NumPy batch goes to the GPU as one
+    asynchronous copy); index is the global step (dropout masks). The device part
+    (zero_grad, forward, loss, backward, [clip_grad_norm], optimizer.apply, loss copied to
+    step.loss; see the module doc) reads only those buffers, the model's flat arrays, the
+    optimizer's state and `scalars`, and the model's `seeds`, so it can be replayed.
+
+    graph=True (a model on "cuda" only): every call runs on step.stream (a non-blocking
+    CuPy stream). Call 1 runs the device part eagerly (kernels compiled and loaded, lazy
+    state allocated); call 2 eagerly again while counting the bytes it allocates; call 3
+    reserves step.arena, one buffer of that many bytes, and captures the device part
+    (stream.begin_capture / end_capture) with every allocation served from it by a bump
+    allocator; from call 3 on each call launches the graph. So capture calls no cudaMalloc,
+    the step allocates nothing after the warm-up, the addresses baked into the graph belong
+    to it alone (nothing else allocates from the arena, which lives as long as the step),
+    and the same sequence lands on the same addresses (CuPy's own pool picks blocks from
+    sets). The price: temporaries are not reused within the step, so step.arena_bytes (the
+    sum of the step's allocations) exceeds an eager step's peak. Replays use the arrays as
+    they were at capture: do not move the model or load optimizer state afterwards (make a
+    new TrainStep). The losses' value checks never run in a captured step (they read the
+    device): check batches on the host (fit does). Read step.loss on step.stream (or after
+    step.stream.synchronize()): the stream does not synchronize with the legacy default one.
+
+    checks: the losses' value checks (None: on for NumPy, off for CuPy). stream: the CuPy
+    stream the calls run on (default: the current one; a new non-blocking one with graph)."""
+
+    def __init__(self, model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False, checks=None,
+                 stream=None):
+        _check.choice("graph", graph, (True, False))
+        if graph and model.device != "cuda":
+            raise ValueError(f"graph: CUDA graphs need a model on 'cuda' (CuPy arrays), got a model on "
+                             f"{model.device!r}; use graph=False")
+        self.model, self.loss_fn, self.optimizer, self.clip = model, loss, optimizer, clip
+        self.checks = (model.xp is np) if checks is None else bool(checks)
+        xp, fdt = model.xp, model.params.dtype
+        self.graph = self.stream = self.arena = None
+        self.capture, self.calls, self.arena_bytes = graph, 0, None
+        if model.device == "cuda":
+            import cupy
+            self.stream = stream if stream is not None or not graph else cupy.cuda.Stream(non_blocking=True)
+        with self._on_stream():
+            self.x = xp.zeros(tuple(x_shape), fdt)
+            self.y = xp.zeros(tuple(y_shape), y_dtype)
+            self.loss = xp.zeros((), fdt)
+        self.logits = None
+
+    def _on_stream(self):
+        return self.stream if self.stream is not None else contextlib.nullcontext()
+
+    def load(self, x, y):
+        """Copy a batch (NumPy or array of the model's device) into step.x, step.y."""
+        for name, dst, src in (("x", self.x, x), ("y", self.y, y)):
+            if tuple(src.shape) != dst.shape:
+                raise ValueError(f"{name}: expected shape {dst.shape} (the static buffer), got {tuple(src.shape)}")
+            if isinstance(dst, np.ndarray) or not isinstance(src, np.ndarray):
+                dst[...] = src
+            else:   # NumPy -> CuPy: one host->device copy on the current stream, no sync
+                upload(dst, src)
+
+    def _device_part(self):
+        """Everything a graph replays: kernels over static buffers, no host reads."""
+        from cunet.optim import clip_grad_norm
+        self.logits = None   # released before the new ones are allocated (the eager steps' peak)
+        self.optimizer.zero_grad()
+        self.logits = self.model.forward(self.x)
+        value, dlogits = self.loss_fn(self.logits, self.y)
+        self.model.backward(dlogits)
+        if self.clip is not None:
+            clip_grad_norm(self.model, self.clip)
+        self.optimizer.apply()
+        self.loss[...] = value
+
+    def __call__(self, x, y, index):
+        with self._on_stream():
+            self.load(x, y)
+            self.model.reseed(index)
+            self.optimizer.advance()
+            if not self.capture:
+                with _check.value_checks(self.checks):
+                    self._device_part()
+            else:
+                self._graph_step()
+        self.calls += 1
+        return self.loss
+
+    def _graph_step(self):
+        import cupy
+        if self.graph is None and self.calls == 0:   # warm-up
+            with _check.value_checks(self.checks):
+                self._device_part()
+            return
+        if self.graph is None and self.calls == 1:   # warm-up that measures the arena: exactly what capture runs
+            counter = _Arena(None)
+            with cupy.cuda.using_allocator(counter.malloc), _check.value_checks(False):
+                self._device_part()
+            self.arena_bytes = counter.offset
+            return
+        if self.graph is None:
+            self.arena = _Arena(self.arena_bytes)   # reserved before capture: no cudaMalloc inside it
+            with cupy.cuda.using_allocator(self.arena.malloc), _check.value_checks(False):
+                self.stream.begin_capture()
+                try:
+                    self._device_part()
+                finally:
+                    graph = self.stream.end_capture()   # also ends a capture an error broke off
+            self.graph = graph
+        self.graph.launch(self.stream)
+
+
+class _Arena:
+    """The allocator of a captured step (cupy.cuda.using_allocator): allocation k gets the
+    next slice of one reserved buffer (256-byte aligned, never reused). _Arena(None) only
+    counts: it allocates with the allocator current at its creation and adds up the bytes
+    (the warm-up)."""
+    ALIGN = 256
+
+    def __init__(self, nbytes):
+        import cupy
+        self.nbytes, self.offset = nbytes, 0
+        self.inner = cupy.cuda.get_allocator()   # the allocator in use outside the step
+        self.buffer = None if nbytes is None else cupy.cuda.alloc(max(nbytes, 1))
+
+    def malloc(self, size):
+        import cupy
+        n = -(-size // self.ALIGN) * self.ALIGN
+        if self.buffer is None:
+            self.offset += n
+            return self.inner(size)
+        if self.offset + n > self.nbytes:
+            raise RuntimeError(f"graph capture: the step asked for more than the {self.nbytes} bytes its warm-up "
+                               f"used (at {self.offset} bytes, {size} more); did a shape or setting change "
+                               f"between steps?")
+        mem = cupy.cuda.memory.UnownedMemory(self.buffer.ptr + self.offset, size, self, self.buffer.device_id)
+        self.offset += n
+        return cupy.cuda.memory.MemoryPointer(mem, 0)
+
+
 # ---- the loop
 
 def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, schedule=None, clip=None, out=None,
-        num_classes=None, resume=None, time_budget=None, progress=True, log=print, extra=None):
+        num_classes=None, resume=None, time_budget=None, progress=True, log=print, extra=None, precision=None,
+        graph=False, debug=False):
     """Train `model` on batch source `train`; returns the History.
 
     Stops after `epochs` epochs or `steps` steps (counted from the start of the run, so a
@@ -158,7 +318,18 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     (and at a stop) it validates on `val` in eval mode and, with out=DIR, writes
     DIR/last.safetensors, DIR/best.safetensors (when the score improves), DIR/history.json
     and DIR/history.png. `extra` (JSON-able) goes into the checkpoints ("cunet.extra").
-    A non-finite loss raises FloatingPointError; the last checkpoint is left as it was."""
+    A non-finite loss raises FloatingPointError; the last checkpoint is left as it was.
+
+    precision ("fp32", "tf32", "bf16"): the conv GEMM operands for this call (training and
+    validation), overriding the model's own, which is restored afterwards; None keeps the
+    model's. Parameters, gradients and optimizer state stay float32 either way.
+    On a "cuda" model a step never waits for the device: batches are checked on the host
+    (a source yielding CuPy batches is not checked), losses are read at the end of each
+    epoch (the progress bar's loss too), and the time
+    budget counts host time (the device may be some steps behind). debug=True keeps the
+    losses' device-side value checks (one sync each per step). graph=True captures the
+    step into a CUDA graph and replays it (TrainStep; batches of another shape, e.g. a
+    short last batch, run uncaptured); it needs a model on "cuda" and debug=False."""
     if epochs is None and steps is None and time_budget is None:
         raise ValueError("epochs, steps, time_budget: expected at least one of them, got none")
     epochs = None if epochs is None else _check.integer("epochs", epochs, lo=1)
@@ -169,9 +340,17 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
         _check.integer("num_classes", num_classes, lo=1)
     if not callable(loss):
         raise TypeError(f"loss: expected a callable loss(logits, target) -> (loss, dlogits), got {type(loss).__name__}")
+    from cunet.nn.model import PRECISIONS
+    precision = None if precision is None else _check.choice("precision", precision, PRECISIONS)
+    _check.choice("graph", graph, (True, False))
+    _check.choice("debug", debug, (True, False))
+    if graph and model.device != "cuda":
+        raise ValueError(f"graph: CUDA graphs need a model on 'cuda' (CuPy arrays), got a model on {model.device!r}; "
+                         f"use graph=False or model.to('cuda')")
+    if graph and debug:
+        raise ValueError("debug: expected False with graph=True (the value checks read the device in every step, "
+                         "which a captured graph cannot), got True")
     train, val = _source("train", train, True), None if val is None else _source("val", val, False)
-    if clip is not None:
-        from cunet.optim import clip_grad_norm
     out = None if out is None else Path(out)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -188,8 +367,21 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     bar = tqdm(total=None if total == math.inf else total, initial=min(step, total), disable=not progress,
                unit="step", dynamic_ncols=True)
     say = bar.write if progress and log is print else log
-    sync_every = 1 if model.xp is np else 16   # on the GPU, losses come back in groups (one sync each)
+    gpu = model.device == "cuda"
+    checks = debug or not gpu   # the losses' value checks inside a step (device reads)
     last_good = None if resume is None else (Path(resume), step)   # the last checkpoint written or read
+    stream = None
+    if graph:
+        import cupy
+        stream = cupy.cuda.Stream(non_blocking=True)   # every call of this fit runs on it (graph, copies, val)
+    step_fns = {}   # (x shape, y shape, y dtype) -> TrainStep; the first one is captured with graph=True
+
+    def step_fn(x, y):
+        key = (x.shape, y.shape, y.dtype)
+        if key not in step_fns:
+            step_fns[key] = TrainStep(model, loss, optimizer, x.shape, y.shape, y.dtype, clip,
+                                      graph=graph and not step_fns, checks=checks, stream=stream)
+        return step_fns[key]
 
     def nonfinite(at, value):
         where = (f"the last good checkpoint is kept: {last_good[0]} (after step {last_good[1]})" if last_good
@@ -198,85 +390,118 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                                   f"{where}")
 
     stop = None
+    own_precision = model.precision
+    if precision is not None:
+        model._apply_precision(precision)
     model.train()
     t0 = time.monotonic()
     try:
-        while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
-            t_epoch, pending, loss_sum, n_done, complete = time.monotonic(), [], 0.0, 0, True
-            for i, (x, y) in enumerate(train.batches(epoch)):
-                if i < batch:
-                    continue   # resuming inside an epoch: these batches were trained on
-                x, y = _to_device(model, x, y)
-                model.reseed(step)
-                optimizer.zero_grad()
-                logits = model.forward(x)
-                try:
-                    value, dlogits = loss(logits, y)
-                except ValueError:
-                    # the losses reject NaN/inf logits; a diverged model produces them
-                    if not bool(model.xp.isfinite(logits).all()):
-                        raise nonfinite(step + 1, "NaN/inf logits") from None
-                    raise
-                model.backward(dlogits)
-                if clip is not None:
-                    clip_grad_norm(model, clip)
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                step, batch = step + 1, batch + 1
-                pending.append(value)
-                if len(pending) >= sync_every:
-                    loss_sum, n_done = _check_losses(pending, step, loss_sum, n_done, nonfinite, bar)
-                if steps is not None and step >= steps:
-                    stop = "steps"
-                elif time_budget is not None and time.monotonic() - t0 >= time_budget:
-                    stop = "time_budget"
-                if stop:
-                    complete = batch >= n_batches
-                    break
-            loss_sum, n_done = _check_losses(pending, step, loss_sum, n_done, nonfinite, bar)
-            record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete, lr=float(optimizer.lr),
-                          train_loss=_num(loss_sum / n_done) if n_done else None,
-                          time=round(time.monotonic() - t_epoch, 3))
-            if val is not None:
-                record.update(_validate(model, loss, val, num_classes))
-                model.train()
-            if complete:
-                epoch, batch = epoch + 1, 0
-            improved = history.append(record)
-            history.stopped = stop or ("epochs" if epochs is not None and epoch >= epochs else
-                                       "steps" if steps is not None and step >= steps else None)
-            if out is not None:
-                state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict())
-                save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
-                last_good = (out / "last.safetensors", step)
-                if improved:
-                    save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
-                _atomic(out / "history.json", lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
-                _atomic(out / "history.png", lambda p: _plot(history, p))
-            say(_line(record, epochs, improved and val is not None))
+        with stream if stream is not None else contextlib.nullcontext():
+            while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
+                t_epoch, loss_sum, n_done, complete = time.monotonic(), 0.0, 0, True
+                epoch_losses, k = None, 0   # this epoch's step losses, on the model's device
+
+                def read_losses():   # to the host: every step on the CPU, once an epoch on a GPU
+                    nonlocal loss_sum, n_done
+                    if n_done < k:
+                        values = _host(epoch_losses[n_done:k]).astype(float).tolist()
+                        loss_sum, n_done = _take_losses(values, step, loss_sum, n_done, nonfinite, bar)
+
+                for i, (x, y) in enumerate(train.batches(epoch)):
+                    if i < batch:
+                        continue   # resuming inside an epoch: these batches were trained on
+                    x, y = _host_batch(model, x, y)
+                    if not checks and isinstance(x, np.ndarray):   # (CuPy batches: only with debug=True)
+                        _check_batch(x, y, loss, max(2, model.config["out_channels"]))
+                    fn = step_fn(x, y)
+                    try:
+                        value = fn(x, y, step)
+                    except ValueError:
+                        # the losses reject NaN/inf logits; a diverged model produces them
+                        if fn.logits is not None and not bool(model.xp.isfinite(fn.logits).all()):
+                            raise nonfinite(step + 1, "NaN/inf logits") from None
+                        raise
+                    if schedule is not None:
+                        schedule.step()
+                    step, batch = step + 1, batch + 1
+                    if epoch_losses is None:
+                        epoch_losses = model.xp.empty(n_batches, value.dtype)
+                    epoch_losses[k] = value   # on a GPU a device copy: no sync
+                    k += 1
+                    if not gpu:
+                        read_losses()
+                    bar.update(1)
+                    if steps is not None and step >= steps:
+                        stop = "steps"
+                    elif time_budget is not None and time.monotonic() - t0 >= time_budget:
+                        stop = "time_budget"
+                    if stop:
+                        complete = batch >= n_batches
+                        break
+                read_losses()
+                record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete,
+                              lr=float(optimizer.lr), train_loss=_num(loss_sum / n_done) if n_done else None,
+                              time=round(time.monotonic() - t_epoch, 3))
+                if val is not None:
+                    record.update(_validate(model, loss, val, num_classes))
+                    model.train()
+                if complete:
+                    epoch, batch = epoch + 1, 0
+                improved = history.append(record)
+                history.stopped = stop or ("epochs" if epochs is not None and epoch >= epochs else
+                                           "steps" if steps is not None and step >= steps else None)
+                if out is not None:
+                    state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict(),
+                                 precision=precision or own_precision)
+                    save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
+                    last_good = (out / "last.safetensors", step)
+                    if improved:
+                        save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
+                    _atomic(out / "history.json",
+                            lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
+                    _atomic(out / "history.png", lambda p: _plot(history, p))
+                say(_line(record, epochs, improved and val is not None))
     finally:
         bar.close()
+        if stream is not None:
+            stream.synchronize()   # the caller's streams see the trained parameters
+        model._apply_precision(own_precision)
     return history
 
 
-def _check_losses(pending, step, loss_sum, n_done, nonfinite, bar):
-    """Bring the pending losses (the last len(pending) steps, ending at `step`) to the host,
-    raise on the first non-finite one, add them to the running sum; empties `pending`."""
-    if not pending:
-        return loss_sum, n_done
-    if isinstance(pending[0], (float, int, np.generic)):
-        values = [float(v) for v in pending]
-    else:   # 0-d CuPy losses: one transfer for the group
-        from cunet.nn.model import _host
-        values = _host(_check.xp_of(pending[0]).stack(pending)).astype(float).tolist()
+def _take_losses(values, step, loss_sum, n_done, nonfinite, bar):
+    """Host values of the losses of steps n_done+1 .. n_done+len(values) of the epoch, the
+    last being `step`: raise on the first non-finite one, show the last on the bar, add
+    them to the running sum."""
     for i, v in enumerate(values):
         if not math.isfinite(v):
             raise nonfinite(step - len(values) + i + 1, v)
-    bar.update(len(values))
     bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)
-    pending.clear()
     return loss_sum + sum(values), n_done + len(values)
+
+
+def _host_batch(model, x, y):
+    """A batch as contiguous NumPy arrays of the dtypes the model's step takes: float32
+    (float64 for "reference") images and float targets, integer labels as they are
+    (bool -> int64). The step copies them to the device. A batch already on the GPU (a
+    source that yields CuPy arrays) stays there (_to_device)."""
+    if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)) and model.device == "cuda":
+        return _to_device(model, x, y)
+    fdt = np.float64 if model.device == "reference" else np.float32
+    ydt = np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype)
+    return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
+
+
+def _check_batch(x, y, loss, k):
+    """The losses' value checks, made on the host batch instead of on the device (no sync):
+    finite images, labels in [0, k), finite float targets, in [0, 1] for sigmoid losses."""
+    _check.finite("images", x)
+    if y.dtype.kind in "iu":
+        _check.labels("targets", y, k)
+    else:
+        _check.finite("targets", y)
+        if getattr(loss, "activation", None) == "sigmoid" and (y.min() < 0 or y.max() > 1):
+            raise ValueError(f"targets: values must lie in [0, 1], found min {float(y.min())}, max {float(y.max())}")
 
 
 def _to_device(model, x, y):

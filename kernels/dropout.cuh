@@ -10,6 +10,10 @@
 // Entry points (kernels, extern "C"; loop kernels: any grid, any block):
 //   dropout_forward(n, x, y, p, seed_lo, seed_hi)      y = x * mask
 //   dropout_backward(n, dy, dx, p, seed_lo, seed_hi)   dx = dy * mask
+//   dropout_forward_seeded(n, x, y, p, seed)           the same with seed (2,) int64 =
+//   dropout_backward_seeded(n, dy, dx, p, seed)        [seed_lo, seed_hi] read from device
+//       memory: a captured CUDA graph replays frozen arguments, so the per-step seed
+//       lives in a buffer the host rewrites before each replay.
 #pragma once
 #include "portable.cuh"
 
@@ -66,6 +70,18 @@ extern "C" __global__ void dropout_backward(int64_t n, const float* __restrict__
     CUNET_LOOP(i, n) { dx[i] = dy[i] * cunet::dropout_scale(i, p, seed_lo, seed_hi); }
 }
 
+extern "C" __global__ void dropout_forward_seeded(int64_t n, const float* __restrict__ x, float* __restrict__ y,
+                                                  float p, const int64_t* __restrict__ seed) {
+    const int64_t lo = seed[0], hi = seed[1];
+    CUNET_LOOP(i, n) { y[i] = x[i] * cunet::dropout_scale(i, p, lo, hi); }
+}
+
+extern "C" __global__ void dropout_backward_seeded(int64_t n, const float* __restrict__ dy, float* __restrict__ dx,
+                                                   float p, const int64_t* __restrict__ seed) {
+    const int64_t lo = seed[0], hi = seed[1];
+    CUNET_LOOP(i, n) { dx[i] = dy[i] * cunet::dropout_scale(i, p, lo, hi); }
+}
+
 // ---- launchers
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
@@ -77,6 +93,14 @@ inline void dropout_forward(int64_t n, const float* x, float* y, float p, int64_
 inline void dropout_backward(int64_t n, const float* dy, float* dx, float p, int64_t seed_lo, int64_t seed_hi,
                              Stream s = 0) {
     CUNET_LAUNCH_LOOP(::dropout_backward, n, s, n, dy, dx, p, seed_lo, seed_hi);
+}
+
+inline void dropout_forward_seeded(int64_t n, const float* x, float* y, float p, const int64_t* seed, Stream s = 0) {
+    CUNET_LAUNCH_LOOP(::dropout_forward_seeded, n, s, n, x, y, p, seed);
+}
+inline void dropout_backward_seeded(int64_t n, const float* dy, float* dx, float p, const int64_t* seed,
+                                    Stream s = 0) {
+    CUNET_LAUNCH_LOOP(::dropout_backward_seeded, n, s, n, dy, dx, p, seed);
 }
 
 }  // namespace cunet

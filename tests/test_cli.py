@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import GPU
+import cunet
 from cunet import cli
 from cunet.data import datasets
 
@@ -70,6 +71,10 @@ def test_bad_input_exits_2_with_a_one_line_reason(crop, capsys, tmp_path):
     rc = cli.main(["train", str(root / "t1.nii.gz"), "--labels", str(shifted), "--out", str(tmp_path / "m.st")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "shifted.nii.gz" in err and "t1.nii.gz" in err
+    rc = cli.main(["train", str(root / "t1.nii.gz"), "--labels", str(root / "seg.nii.gz"), "--out",
+                   str(tmp_path / "m.st"), "--graph"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "graph: CUDA graphs need a model on 'cuda'" in err
     rc = cli.main(["predict", str(tmp_path / "missing.safetensors"), str(root / "t1.nii.gz"), str(tmp_path / "o.nii")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "missing.safetensors" in err
@@ -89,8 +94,9 @@ def test_train_and_predict_a_3d_model_with_sliding_windows(crop, tmp_path, capsy
     model = tmp_path / "m3.safetensors"
     rc = cli.main(["train", str(root / "t1.nii.gz"), "--labels", str(root / "seg.nii.gz"), "--out", str(model),
                    "--dims", "3", "--epochs", "2", "--base", "2", "--depth", "1", "--patch", "16", "16", "8",
-                   "--batch-size", "2", "--steps-per-epoch", "2", "--no-augment"])
+                   "--batch-size", "2", "--steps-per-epoch", "2", "--no-augment", "--precision", "bf16"])
     assert rc == 0, capsys.readouterr().err
+    assert cunet.load(model).precision == "bf16"   # kept in the checkpoint's model config
     out = tmp_path / "p3.nii.gz"
     assert cli.main(["predict", str(model), str(root / "t1.nii.gz"), str(out)]) == 0   # windows of 16x16x8
     pred = nib.load(out)

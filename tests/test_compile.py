@@ -100,3 +100,16 @@ def test_cuda_build_without_nvcc_says_so(tmp_path):
                           "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "CUNET_CUDA=1 asks for the CUDA build, but nvcc was not found" in out.stderr
+
+
+@pytest.mark.parametrize("family", ["optim", "dropout"])
+def test_nvrtc_module_has_every_registered_kernel(family):
+    """The names cunet.ops launches by (core.FAMILY) are entry points of the NVRTC module,
+    the device-scalar variants included (a missing one would only fail on a GPU)."""
+    import cunet.ops  # noqa: F401
+    from cupy.cuda import nvrtc
+    prog = nvrtc.createProgram(core.source(family), f"{family}.cu", [], [])
+    nvrtc.compileProgram(prog, list(core.NVRTC_OPTIONS) + ["--gpu-architecture=compute_80"])
+    entries = set(re.findall(r"\.entry\s+(\w+)", nvrtc.getPTX(prog).decode()))
+    names = {name for name, fam in core.FAMILY.items() if fam == family}
+    assert names <= entries and {"adam_update_scalars", "dropout_forward_seeded"} & names

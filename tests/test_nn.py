@@ -233,3 +233,89 @@ def test_unet_on_cupy_matches_host():
     np.testing.assert_allclose(to_numpy(yc), y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(to_numpy(m.backward(cupy.ones_like(yc))), dx, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(to_numpy(m.grads), g, rtol=1e-3, atol=1e-3 * float(np.abs(g).max()))
+
+
+# ---- fused conv+ReLU and operand precision
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_fused_conv_relu_matches_unfused(cfg, device):
+    """fuse=True runs each conv+ReLU pair (no BN between) as one conv_forward(relu=True):
+    the same logits, input gradient, parameter gradients and BN statistics, bit for bit."""
+    runs = []
+    x = inputs(cfg, n=2)
+    for fuse in (True, False):
+        m = tiny(cfg).to(device)
+        m.params += 0.05   # positive and negative pre-activations both present
+        m.fuse = fuse
+        m.reseed(7)
+        xx = x.astype(m.params.dtype)
+        y = m.forward(xx)
+        dx = m.backward(np.cos(y))
+        runs.append((y, dx, m.grads.copy(), m.buffers.copy()))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    m = tiny(cfg)
+    groups = [fused for _, fused in m.enc[0]._steps()]
+    bn, drop = cfg.get("norm") == "batch", cfg.get("dropout", 0) > 0
+    assert groups == ([False] * (6 + drop) if bn else [True] + [False] * drop + [True])
+    assert sorted(m.state_dict()) == sorted(tiny(cfg).state_dict())   # names unchanged by fusion
+
+
+def _enc0(x, m, precision):
+    """enc0 (conv3x3+ReLU twice) of a model without BN through the reference ops."""
+    from cunet import reference as R
+    sd = m.state_dict()
+    for conv in ("conv1", "conv2"):
+        x = R.conv_forward(x, sd[f"enc0.{conv}.weight"], sd[f"enc0.{conv}.bias"], 1, 1, relu=True, precision=precision)
+    return x
+
+
+def test_precision_reaches_the_conv_ops():
+    """On the reference device (which rounds operands like the tensor cores) a "bf16" model
+    computes with bf16 operands: its first block and its transposed conv equal the reference
+    ops called with precision="bf16", and its logits and gradients differ from fp32 ones by a
+    bf16-sized amount. The host build computes fp32 whatever the precision (documented)."""
+    from cunet import reference as R
+    cfg = dict(dims=2, up="transpose", down="maxpool")
+    m = tiny(cfg).to("reference")
+    m.precision = "bf16"
+    assert m.config["precision"] == "bf16" and {layer.precision for _, layer in m.leaves
+                                                if hasattr(layer, "precision")} == {"bf16"}
+    x = inputs(cfg)
+    h = m.enc[0].forward(x)
+    np.testing.assert_array_equal(h, _enc0(x, m, "bf16"))
+    assert not np.array_equal(h, _enc0(x, m, "fp32"))
+    u = rng.standard_normal((2, 8, 2, 2))
+    sd = m.state_dict()
+    np.testing.assert_array_equal(m.up[0].forward(u), R.conv_transpose_forward(u, sd["up0.weight"], sd["up0.bias"], 2,
+                                                                               precision="bf16"))
+    results = {}
+    for p in ("bf16", "fp32"):
+        m.set_precision(p)
+        y = m.forward(x)
+        m.zero_grad()
+        m.backward(np.ones_like(y))
+        results[p] = (y, m.grads.copy())
+    for a, b in zip(results["bf16"], results["fp32"]):
+        assert not np.array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=0, atol=0.05 * np.abs(b).max())
+    host = [tiny(cfg, out_channels=2) for _ in range(2)]
+    host[0].precision = "bf16"
+    xf = x.astype(np.float32)
+    np.testing.assert_array_equal(host[0].forward(xf), host[1].forward(xf))
+
+
+def test_precision_config_and_errors():
+    m = UNet(base=2, depth=1, precision="tf32")
+    assert m.precision == "tf32" and m.config["precision"] == "tf32"
+    assert UNet(**m.config).precision == "tf32"
+    m.set_precision("fp32")   # the default is left out of the config (readers that predate the key)
+    assert m.precision == "fp32" and "precision" not in m.config
+    with pytest.raises(ValueError, match="precision: expected one of 'fp32', 'tf32', 'bf16', got 'fp16'"):
+        UNet(base=2, depth=1, precision="fp16")
+    with pytest.raises(ValueError, match="precision: expected one of 'fp32', 'tf32', 'bf16', got 'half'"):
+        m.precision = "half"
+    assert m.precision == "fp32"
+    with pytest.raises(TypeError, match="fuse: expected True or False, got 1"):
+        m.fuse = 1

@@ -39,3 +39,27 @@ def test_dropout_bad_input():
         ops.dropout_backward(x.astype(np.float64), 0.5, 1)
     with pytest.raises(TypeError, match="x: expected a numpy or cupy array"):
         ops.dropout_forward([1.0], 0.5, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_seeded_dropout_reads_the_seed_from_memory(device):
+    """The device-seed variants (for captured graphs) give the masks of the by-value ones,
+    and follow the buffer when it is rewritten in place."""
+    x = to_device(rng.standard_normal((2, 3, 17, 9)).astype(np.float32), device)
+    buf = to_device(np.zeros(2, np.int64), device)
+    for seed in SEEDS:
+        buf[...] = to_device(np.array(ops.seed_halves(seed), np.int64), device)
+        for which in ("forward", "backward"):
+            want = getattr(ops, f"dropout_{which}")(x, 0.3, seed)
+            got = getattr(ops, f"dropout_{which}_seeded")(x, 0.3, buf)
+            np.testing.assert_array_equal(to_numpy(got).view(np.uint32), to_numpy(want).view(np.uint32))
+
+
+def test_seeded_dropout_bad_input():
+    x = np.ones((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"seed: expected shape \(2,\)"):
+        ops.dropout_forward_seeded(x, 0.5, np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="seed: expected int64, got int32"):
+        ops.dropout_forward_seeded(x, 0.5, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match=r"p: expected a value in \[0.0, 1.0\)"):
+        ops.dropout_backward_seeded(x, 1.0, np.zeros(2, np.int64))

@@ -107,3 +107,62 @@ def test_optim_bad_input():
         ops.penalty(p, l1=-1.0)
     with pytest.raises(TypeError, match="x: cunet.ops kernels take float32, got float64"):
         ops.sum_squares(np.zeros(3))
+
+
+# ---- device-scalar variants (what a captured CUDA graph replays): same bits as by value
+
+SGD_KW = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(weight_decay=0.01, l1=0.001)]
+ADAM_KW = [dict(), dict(beta1=0.5, beta2=0.99, eps=1e-6), dict(weight_decay=0.1),
+           dict(weight_decay=0.1, decoupled=True), dict(weight_decay=0.05, l1=0.01, decoupled=True)]
+LRS = [0.1, 0.0, 0.03, 0.05, 0.0, 0.07]   # a schedule, zeros included (the update is skipped)
+
+
+def _bits(a):
+    return to_numpy(a).view(np.uint32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", SGD_KW)
+def test_sgd_scalars_is_bit_identical_to_by_value(kw, device):
+    p0 = _param((1009,))
+    by_value = [to_device(a, device) for a in (p0.copy(), np.zeros_like(p0))]
+    scalars_run = [to_device(a, device) for a in (p0.copy(), np.zeros_like(p0))]
+    scalars = to_device(np.zeros(1, np.float32), device)
+    for lr in LRS:
+        g = to_device(rng.standard_normal(p0.shape).astype(np.float32), device)
+        if lr:   # the optimizers skip lr == 0 on the host; the scalar kernel skips it itself
+            ops.sgd_update(*by_value[:1], g, by_value[1], lr, **kw)
+        scalars[...] = to_device(np.array([lr], np.float32), device)
+        ops.sgd_update_scalars(scalars_run[0], g, scalars_run[1], scalars, **kw)
+        for a, b in zip(by_value, scalars_run):
+            np.testing.assert_array_equal(_bits(a), _bits(b))
+    assert not np.array_equal(to_numpy(scalars_run[0]), p0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", ADAM_KW)
+def test_adam_scalars_is_bit_identical_to_by_value(kw, device):
+    p0 = _param((3, 5, 7, 9))
+    by_value = [to_device(a, device) for a in (p0.copy(), np.zeros_like(p0), np.zeros_like(p0))]
+    scalars_run = [to_device(a, device) for a in (p0.copy(), np.zeros_like(p0), np.zeros_like(p0))]
+    scalars = to_device(np.zeros(3, np.float32), device)
+    b1, b2 = kw.get("beta1", 0.9), kw.get("beta2", 0.999)
+    for step, lr in enumerate(LRS, 1):
+        g = to_device(rng.standard_normal(p0.shape).astype(np.float32), device)
+        if lr:
+            ops.adam_update(*by_value[:1], g, *by_value[1:], step, lr, **kw)
+        scalars[...] = to_device(np.asarray(ops.adam_scalars(step, lr, b1, b2), np.float32), device)
+        ops.adam_update_scalars(scalars_run[0], g, *scalars_run[1:], scalars, **kw)
+        for a, b in zip(by_value, scalars_run):
+            np.testing.assert_array_equal(_bits(a), _bits(b))
+    assert not np.array_equal(to_numpy(scalars_run[0]), p0)
+
+
+def test_scalars_variants_bad_input():
+    p = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=r"scalars: expected shape \(3,\), got \(1,\)"):
+        ops.adam_update_scalars(p, p.copy(), p.copy(), p.copy(), np.zeros(1, np.float32))
+    with pytest.raises(TypeError, match="scalars: expected float32, got float64"):
+        ops.sgd_update_scalars(p, p.copy(), p.copy(), np.zeros(1))
+    with pytest.raises(ValueError, match="momentum: expected a value in"):
+        ops.sgd_update_scalars(p, p.copy(), p.copy(), np.zeros(1, np.float32), momentum=1.5)

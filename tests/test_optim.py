@@ -343,3 +343,58 @@ def test_cuda_matches_cpu(name, kw):
     assert isinstance(opts[1].state["m" if name == "AdamW" else "velocity"], cupy.ndarray)
     assert math.isclose(opts[0].penalty(), opts[1].penalty(), rel_tol=1e-5)
     np.testing.assert_allclose(cupy.asnumpy(models[1].params), models[0].params, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, l1=1e-3, l2=0.1)),
+                                     ("Adam", dict(lr=1e-2, weight_decay=1e-3)),
+                                     ("AdamW", dict(lr=1e-2, l1=1e-3, l2=0.1))])
+def test_steps_match_the_by_value_kernels_bit_for_bit(name, kw):
+    """Optimizer.step reads lr and the bias corrections from `scalars` (device memory);
+    under a schedule that passes through lr 0 it gives the bits of the by-value kernels
+    called with the host's lr and step count (what step did before)."""
+    from cunet import ops
+    model, twin = tiny(), tiny()
+    opt = getattr(optim, name)(model, **kw)
+    sched = optim.StepLR(opt, 2, gamma=0.5)
+    lrs = []
+    m = v = vel = None
+    for t in range(1, 6):
+        x, r = batch(model, seed=t)
+        grads(model, x, r)
+        twin.grads[...] = model.grads
+        lr = 0.0 if t == 3 else opt.lr   # a step at lr 0 changes nothing, but counts
+        opt.lr = lr
+        lrs.append(lr)
+        opt.step()
+        sched.step()
+        # the same step through the by-value kernels, slice by slice as Optimizer.apply splits
+        k, n = twin.n_decay, twin.params.size
+        m = np.zeros(n, np.float32) if m is None else m
+        v = np.zeros(n, np.float32) if v is None else v
+        vel = np.zeros(n, np.float32) if vel is None else vel
+        for sl, l1, l2 in [(slice(0, k), kw.get("l1", 0.0), kw.get("l2", 0.0)), (slice(k, n), 0.0, 0.0)]:
+            p, g = twin.params[sl], twin.grads[sl]
+            if lr == 0:
+                continue
+            if name == "SGD":
+                ops.sgd_update(p, g, vel[sl], lr, kw["momentum"], False, l2, l1)
+            elif name == "Adam":
+                ops.adam_update(p, g, m[sl], v[sl], t, lr, weight_decay=kw["weight_decay"])
+            else:
+                ops.adam_update(p, g + l2 * p, m[sl], v[sl], t, lr, weight_decay=1e-2, l1=l1, decoupled=True)
+        assert np.array_equal(model.params.view(np.uint32), twin.params.view(np.uint32)), t
+    assert opt.step_count == 5 and lrs[2] == 0 and len(set(lrs)) > 2   # the schedule moved lr
+
+
+@pytest.mark.gpu
+def test_clip_grad_norm_on_cuda_stays_on_the_device():
+    import cupy
+    models = [tiny("cpu"), tiny("cuda")]
+    x, r = batch(models[0])
+    for m, xp in zip(models, (np, cupy)):
+        grads(m, xp.asarray(x), xp.asarray(r))
+    norm = optim.clip_grad_norm(models[0], 0.1)
+    got = optim.clip_grad_norm(models[1], 0.1)
+    assert isinstance(got, cupy.ndarray) and got.shape == ()
+    np.testing.assert_allclose(float(got), norm, rtol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(models[1].grads), models[0].grads, rtol=1e-4, atol=1e-7)

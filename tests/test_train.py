@@ -12,7 +12,7 @@ import pytest
 
 import cunet
 from cunet import losses, metrics, optim
-from cunet.train import ArrayBatches, fit, load_checkpoint, save_checkpoint
+from cunet.train import ArrayBatches, TrainStep, fit, load_checkpoint, save_checkpoint
 
 QUIET = dict(progress=False, log=None)
 FILES = ["best.safetensors", "history.json", "history.png", "last.safetensors"]
@@ -330,3 +330,156 @@ def test_fit_on_cuda_matches_cpu(tmp_path):
     np.testing.assert_allclose(models[1].params.get(), models[0].params, rtol=1e-3, atol=1e-4)
     back = cunet.load(tmp_path / "cuda" / "last.safetensors")
     np.testing.assert_array_equal(back.params, models[1].params.get())
+
+
+# ---- the static-buffer step, precision, sync-free checks, CUDA graphs
+
+def _ordinary_steps(model, loss, opt, sched, batches, clip):
+    """The step as written before TrainStep: arrays passed straight through."""
+    for t, (x, y) in enumerate(batches):
+        model.reseed(t)
+        opt.zero_grad()
+        value, dz = loss(model.forward(x), y)
+        model.backward(dz)
+        if clip:
+            optim.clip_grad_norm(model, clip)
+        opt.step()
+        sched.step()
+    return value
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_train_step_matches_the_ordinary_step(device):
+    """TrainStep (what a CUDA graph captures: static buffers, device scalars and seeds) run
+    uncaptured gives the ordinary step's parameters, state and loss, bit for bit."""
+    x, y = discs(8, 3, seed=4)
+    dtype = np.float64 if device == "reference" else np.float32
+    batches = [(x[i:i + 4].astype(dtype), y[i:i + 4]) for i in (0, 4, 0, 4, 0)]
+    runs = []
+    for use_step in (False, True):
+        model = tiny(3, norm=None, dropout=0.3).to(device)
+        opt = optim.AdamW(model, 1e-2, l1=1e-4, l2=1e-3)
+        sched = optim.CosineLR(opt, 5, warmup=1)
+        loss = losses.DiceCE()
+        if use_step:
+            step = TrainStep(model, loss, opt, batches[0][0].shape, batches[0][1].shape, np.int64, clip=0.5)
+            for t, (xb, yb) in enumerate(batches):
+                value = step(xb, yb, t)
+                sched.step()
+            value = float(value)
+            assert step.x.shape == (4, 1, 16, 16) and step.loss.dtype == dtype
+        else:
+            value = _ordinary_steps(model, loss, opt, sched, batches, 0.5)
+        runs.append((model.params.copy(), model.buffers.copy(), opt.state["m"].copy(), opt.state["v"].copy(), value))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(runs[0][0], tiny(3, norm=None, dropout=0.3).to(device).params)
+
+
+def test_train_step_and_graph_errors():
+    model = tiny(1)
+    opt = optim.SGD(model, 0.1)
+    with pytest.raises(ValueError, match="graph: CUDA graphs need a model on 'cuda'.*got a model on 'cpu'"):
+        TrainStep(model, losses.BCE(), opt, (2, 1, 16, 16), (2, 16, 16), np.int64, graph=True)
+    with pytest.raises(ValueError, match="graph: CUDA graphs need a model on 'cuda'.*got a model on 'cpu'"):
+        fit(model, losses.BCE(), opt, discs(8, 2), epochs=1, graph=True, **QUIET)
+    step = TrainStep(model, losses.BCE(), opt, (2, 1, 16, 16), (2, 16, 16), np.int64)
+    x, y = discs(3, 2)
+    with pytest.raises(ValueError, match=r"x: expected shape \(2, 1, 16, 16\) \(the static buffer\), got \(3, 1, 16"):
+        step(x, y, 0)
+    with pytest.raises(ValueError, match="precision: expected one of 'fp32', 'tf32', 'bf16', got 'fp8'"):
+        fit(model, losses.BCE(), opt, discs(8, 2), epochs=1, precision="fp8", **QUIET)
+    assert opt.step_count == 0
+
+
+def test_value_checks_off_skip_device_reads():
+    """Inside value_checks(False) (what a CuPy step uses) the losses skip the checks that
+    read values: NaN logits give a NaN loss instead of an error; fit checks the batch on the
+    host instead (_check_batch), with the same messages."""
+    from cunet import _check, ops
+    from cunet.train import _check_batch
+    z = np.zeros((1, 2, 4, 4), np.float32)
+    z[0, 0, 1, 1] = np.nan
+    labels = np.zeros((1, 4, 4), np.int64)
+    with pytest.raises(ValueError, match="logits: contains 1 NaN or infinite"):
+        ops.cross_entropy(z, labels)
+    with _check.value_checks(False):
+        value, _ = ops.cross_entropy(z, labels)
+        assert np.isnan(value)
+        ops.bce_with_logits(np.zeros((1, 1, 4, 4), np.float32), np.full((1, 1, 4, 4), 2.0, np.float32))
+    assert _check.values_checked()
+    img = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"targets: values must lie in \[0, 3\), found \[3\]"):
+        _check_batch(img, labels + 3, losses.DiceCE(), 3)
+    with pytest.raises(ValueError, match=r"targets: values must lie in \[0, 1\]"):
+        _check_batch(img, img + 2, losses.BCE(), 2)
+    with pytest.raises(ValueError, match="images: contains 1 NaN"):
+        _check_batch(z[:, :1], labels, losses.DiceCE(), 2)
+    _check_batch(img, img + 2, losses.MSE(), 2)   # regression targets: any finite value
+
+
+def test_fit_precision_override_and_checkpoint(tmp_path):
+    """fit(precision=...) trains with it and restores the model's own; the model's precision
+    (not fit's) is what its config, and so a checkpoint, keeps."""
+    x, y = discs(8, 2)
+    model = tiny(1, precision="bf16")
+    fit(model, losses.BCE(), optim.SGD(model, 0.1), (x, y), steps=1, out=tmp_path, precision="tf32", **QUIET)
+    assert model.precision == "bf16"
+    ckpt = load_checkpoint(tmp_path / "last.safetensors")
+    assert ckpt["config"]["precision"] == "bf16" and ckpt["train"]["precision"] == "tf32"
+    back = cunet.load(tmp_path / "last.safetensors")
+    assert back.precision == "bf16" and back.config == model.config
+    np.testing.assert_array_equal(back.params, model.params)
+
+
+def _graph_run(graph, n, clip=None, sched=True):
+    """n steps of a tiny UNet on CUDA (dropout, BN, Adam, a schedule) through TrainStep."""
+    import cupy
+    x, y = discs(8, 3, seed=5)
+    model = tiny(3, dropout=0.2).to("cuda")
+    opt = optim.Adam(model, 1e-2)
+    schedule = optim.StepLR(opt, 2, gamma=0.5) if sched else None
+    step = TrainStep(model, losses.DiceCE(), opt, (4, 1, 16, 16), (4, 16, 16), np.int64, clip=clip, graph=graph)
+    values = []
+    with step.stream or cupy.cuda.get_current_stream():   # read the loss on the stream that wrote it
+        for t in range(n):
+            i = 4 * (t % 2)
+            values.append(float(step(x[i:i + 4], y[i:i + 4], t)))
+            if schedule:
+                schedule.step()
+        cupy.cuda.get_current_stream().synchronize()
+    return model, opt, step, values
+
+
+@pytest.mark.gpu
+def test_graph_steps_match_eager_steps():
+    """6 steps with the last 4 replayed from a CUDA graph give the parameters, BN statistics,
+    optimizer state and losses of 6 eager steps (same seed); the capture drew exactly the
+    bytes the second warm-up step allocated from the arena reserved for it."""
+    import cupy
+    eager, graphed = _graph_run(False, 6, clip=1.0), _graph_run(True, 6, clip=1.0)
+    step = graphed[2]
+    assert step.graph is not None and step.calls == 6
+    assert 0 < step.arena_bytes == step.arena.offset   # capture asked for exactly what warm-up 2 used
+    for a, b in ((eager[0].params, graphed[0].params), (eager[0].buffers, graphed[0].buffers),
+                 (eager[1].state["m"], graphed[1].state["m"]), (eager[1].state["v"], graphed[1].state["v"])):
+        np.testing.assert_allclose(cupy.asnumpy(b), cupy.asnumpy(a), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(graphed[3], eager[3], rtol=1e-5)
+    assert len(set(graphed[3])) > 1   # replays saw new batches, seeds and learning rates
+
+
+@pytest.mark.gpu
+def test_fit_with_graph_matches_fit_without(tmp_path):
+    import cupy
+    x, y = discs(10, 2, seed=6)   # 10 samples, batch 4: the short last batch runs uncaptured
+    runs = []
+    for graph in (False, True):
+        model = tiny(1, dropout=0.1).to("cuda")
+        opt = optim.SGD(model, 0.05, momentum=0.9)
+        h = fit(model, losses.DiceBCE(), opt, ArrayBatches(x, y, 4, seed=1), (x, y), epochs=3,
+                schedule=optim.PolyLR(opt, 9), graph=graph, out=tmp_path / str(graph), **QUIET)
+        runs.append((cupy.asnumpy(model.params), h))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[1][1]["train_loss"], runs[0][1]["train_loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="debug: expected False with graph=True"):
+        fit(model, losses.DiceBCE(), opt, (x, y), epochs=1, graph=True, debug=True, **QUIET)

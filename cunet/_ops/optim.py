@@ -1,13 +1,17 @@
 """Optimizer updates and parameter norms: kernels/optim.cuh."""
 import math
 
+import numpy as np
+
 from cunet import _check
 from cunet._ops.core import coop, empty, f32, f32_all, is_cupy, loop, register, run
 from cunet.reference import _adam_args, _sgd_args
 
-register("optim", "sgd_update", "adam_update", "norms_partials", "norms_finalize")
+register("optim", "sgd_update", "adam_update", "sgd_update_scalars", "adam_update_scalars", "norms_partials",
+         "norms_finalize")
 
-__all__ = ["sgd_update", "adam_update", "penalty", "sum_squares"]
+__all__ = ["sgd_update", "adam_update", "sgd_update_scalars", "adam_update_scalars", "adam_scalars", "penalty",
+           "sum_squares"]
 
 
 def sgd_update(param, grad, velocity, lr, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
@@ -23,6 +27,41 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     f32_all(param=param, grad=grad, m=m, v=v)
     run("adam_update", loop(param.size), param.size, param, grad, m, v, lr, 1 - b1, 1 - b2, eps, wd, l1,
         int(decoupled), 1 - b1 ** step, math.sqrt(1 - b2 ** step))
+
+
+def adam_scalars(step, lr, beta1=0.9, beta2=0.999):
+    """[lr, bias_correction1, bias_correction2_sqrt]: what adam_update passes by value,
+    computed the same way (double, then float32), for adam_update_scalars."""
+    return [float(lr), 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)]
+
+
+def _scalars(name, a, n, param):
+    _check.array(name, a, ndim=1, dtype=np.float32)
+    _check.same_device(name, a, "param", param)
+    if a.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {a.shape}")
+
+
+def sgd_update_scalars(param, grad, velocity, scalars, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+    """sgd_update with lr read from device memory: scalars (1,) float32 = [lr] on param's
+    device; lr == 0 leaves everything untouched. Same bits as sgd_update(..., lr)."""
+    _sgd_args(param, grad, velocity, 1.0, momentum, nesterov, weight_decay, l1)
+    _scalars("scalars", scalars, 1, param)
+    f32_all(param=param, grad=grad, velocity=velocity)
+    run("sgd_update_scalars", loop(param.size), param.size, param, grad, velocity, scalars, float(momentum),
+        int(nesterov), float(weight_decay), float(l1))
+
+
+def adam_update_scalars(param, grad, m, v, scalars, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0,
+                        decoupled=False):
+    """adam_update with the step-dependent values read from device memory: scalars (3,)
+    float32 = adam_scalars(step, lr, beta1, beta2) on param's device; lr == 0 leaves
+    everything untouched. Same bits as adam_update(..., step, lr, ...)."""
+    _, _, b1, b2, eps, wd, l1 = _adam_args(param, grad, m, v, 1, 1.0, beta1, beta2, eps, weight_decay, l1, decoupled)
+    _scalars("scalars", scalars, 3, param)
+    f32_all(param=param, grad=grad, m=m, v=v)
+    run("adam_update_scalars", loop(param.size), param.size, param, grad, m, v, scalars, 1 - b1, 1 - b2, eps, wd, l1,
+        int(decoupled))
 
 
 def _norms_grid(n):

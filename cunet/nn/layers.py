@@ -61,7 +61,13 @@ class Layer:
 
 
 class Conv(Layer):
-    """k^d convolution, PyTorch layout: weight (co, ci, *k), bias (co,)."""
+    """k^d convolution, PyTorch layout: weight (co, ci, *k), bias (co,).
+
+    precision: the GEMM operands of the CuPy kernels ("fp32", "tf32", "bf16"; see
+    cunet.ops.conv_forward); weights, gradients and outputs stay float32 whatever it is.
+    forward(x, relu=True) is conv + ReLU in one conv_forward call (the fused epilogue);
+    backward then applies the ReLU's backward first."""
+    precision = "fp32"
 
     def __init__(self, ci, co, k=3, stride=1, padding=1, dims=2, bias=True, init="he_normal"):
         self.ci, self.co, self.k, self.stride, self.padding, self.dims = ci, co, k, stride, padding, dims
@@ -73,21 +79,29 @@ class Conv(Layer):
                     fan=(self.ci * taps, self.co * taps))]
         return out + ([Spec("bias", (self.co,), "zeros")] if self.bias else [])
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
         self.x = x
-        return F(x).conv_forward(x, self.p["weight"], self.p.get("bias"), self.stride, self.padding)
+        y = F(x).conv_forward(x, self.p["weight"], self.p.get("bias"), self.stride, self.padding, relu=relu,
+                              precision=self.precision)
+        self.y = y if relu else None   # the ReLU's backward needs its output
+        return y
 
     def backward(self, dy):
-        dx, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding)
+        if self.y is not None:
+            dy = F(dy).relu_backward(dy, self.y)
+        dx, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
+                                         precision=self.precision)
         self.g["weight"] += dw
         if self.bias:
             self.g["bias"] += db
-        self.x = None
+        self.x = self.y = None
         return dx
 
 
 class ConvTranspose(Layer):
-    """Transposed convolution, PyTorch layout: weight (ci, co, *k), bias (co,)."""
+    """Transposed convolution, PyTorch layout: weight (ci, co, *k), bias (co,); precision
+    as for Conv."""
+    precision = "fp32"
 
     def __init__(self, ci, co, k=2, stride=2, dims=2, init="he_normal"):
         self.ci, self.co, self.k, self.stride, self.dims, self.init = ci, co, k, stride, dims, init
@@ -102,10 +116,12 @@ class ConvTranspose(Layer):
 
     def forward(self, x):
         self.x = x
-        return F(x).conv_transpose_forward(x, self.p["weight"], self.p["bias"], self.stride)
+        return F(x).conv_transpose_forward(x, self.p["weight"], self.p["bias"], self.stride,
+                                           precision=self.precision)
 
     def backward(self, dy):
-        dx, dw, db = F(dy).conv_transpose_backward(dy, self.x, self.p["weight"], self.stride)
+        dx, dw, db = F(dy).conv_transpose_backward(dy, self.x, self.p["weight"], self.stride,
+                                                   precision=self.precision)
         self.g["weight"] += dw
         self.g["bias"] += db
         self.x = None
@@ -203,7 +219,13 @@ class BatchNorm(Layer):
 
 class Dropout(Layer):
     """Inverted dropout; the mask comes from (seed, step): `reseed` picks the step, so a
-    training run is reproducible and a fixed step gives a fixed mask."""
+    training run is reproducible and a fixed step gives a fixed mask.
+
+    seed_buf: None, or a (2,) int64 array [seed_lo, seed_hi] on the model's device that
+    the owning model keeps equal to seed_halves(self.seed); the kernels then read the seed
+    from it (a captured CUDA graph replays its launches with frozen arguments, but rereads
+    memory). The float64 reference path takes the int seed."""
+    seed_buf = None
 
     def __init__(self, p, seed):
         self.prob, self.base, self.seed = p, seed, seed
@@ -211,29 +233,48 @@ class Dropout(Layer):
     def reseed(self, step):
         self.seed = (self.base * 0x9E3779B1 + step) % 2 ** 63
 
+    def _mask(self, a, which):
+        f = F(a)
+        if self.seed_buf is not None and f is ops:
+            return getattr(f, f"dropout_{which}_seeded")(a, self.prob, self.seed_buf)
+        return getattr(f, f"dropout_{which}")(a, self.prob, self.seed)
+
     def forward(self, x):
         if not self.training or self.prob == 0:
             return x
-        return F(x).dropout_forward(x, self.prob, self.seed)
+        return self._mask(x, "forward")
 
     def backward(self, dy):
         if not self.training or self.prob == 0:
             return dy
-        return F(dy).dropout_backward(dy, self.prob, self.seed)
+        return self._mask(dy, "backward")
 
 
 class Sequential(Layer):
-    """Named layers applied in order; backward in reverse."""
+    """Named layers applied in order; backward in reverse. With fuse (the default) a Conv
+    directly followed by a ReLU runs as one conv_forward(..., relu=True) and the ReLU
+    layer is skipped (it holds no parameters, so names and state are unchanged)."""
+    fuse = True
 
     def __init__(self, *named):
         self.layers = list(named)
 
+    def _steps(self):
+        """[(layer, fused)]: fused marks a Conv that applies the next layer's ReLU itself."""
+        out, i, layers = [], 0, [layer for _, layer in self.layers]
+        while i < len(layers):
+            fused = self.fuse and isinstance(layers[i], Conv) and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+            out.append((layers[i], fused))
+            i += 2 if fused else 1
+        return out
+
     def forward(self, x):
-        for _, layer in self.layers:
-            x = layer.forward(x)
+        self._plan = self._steps()   # backward follows the same grouping even if fuse changes
+        for layer, fused in self._plan:
+            x = layer.forward(x, relu=True) if fused else layer.forward(x)
         return x
 
     def backward(self, dy):
-        for _, layer in reversed(self.layers):
+        for layer, _ in reversed(self._plan):
             dy = layer.backward(dy)
         return dy

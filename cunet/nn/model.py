@@ -5,18 +5,30 @@
     grads    (P,)  mirrors params; zero_grad is one fill
     buffers  (B,)  BN running statistics
 
+    seeds    (R, 2) int64, [seed_lo, seed_hi] of each of the R dropout layers' current
+                   seed, on the model's device: the kernels read it (see layers.Dropout)
+
 Layers see views into these. `to("cpu" | "cuda" | "reference")` moves them: float32
 NumPy (host kernels), float32 CuPy (GPU kernels), float64 NumPy (the NumPy oracle).
+
+precision ("fp32", "tf32", "bf16"; `set_precision`) is what the conv and transposed-conv
+kernels round their GEMM operands to on CuPy arrays. It is mixed precision with float32
+master weights: parameters, gradients, optimizer state and activations stay float32 (the
+host build and the float64 reference device: see cunet.ops.conv_forward).
 """
 import numpy as np
 
 from cunet import _check
-from cunet.nn.layers import initial_value
+from cunet._ops.dropout import seed_halves
+from cunet.nn.layers import Conv, ConvTranspose, Dropout, initial_value
 
 DEVICES = ("cpu", "cuda", "reference")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Model:
+    _precision = "fp32"
+
     def _build(self, named_layers, seed):
         """named_layers: (prefix, layer) in the order the forward pass first uses them."""
         self.leaves = named_layers
@@ -57,6 +69,52 @@ class Model:
                 if group == "params":
                     g[s.name] = self.grads[off:off + int(np.prod(shape))].reshape(shape)
             layer.bind(p, g)
+        drops = self._dropouts()
+        self.seeds = _check.xp_of(params).zeros((len(drops), 2), np.int64)
+        for i, layer in enumerate(drops):
+            layer.seed_buf = self.seeds[i]
+        self.write_seeds()
+
+    def _dropouts(self):
+        return [layer for _, layer in self.leaves if isinstance(layer, Dropout)]
+
+    def write_seeds(self):
+        """Copy the dropout layers' seeds into `seeds` (one host->device copy on the current
+        CuPy stream, asynchronous: no sync)."""
+        if self.seeds.size:
+            upload(self.seeds, np.array([seed_halves(layer.seed) for layer in self._dropouts()], np.int64))
+
+    def reseed(self, step):
+        """Dropout masks for training step `step` (the trainer calls this once per step)."""
+        for layer in self._dropouts():
+            layer.reseed(step)
+        self.write_seeds()
+
+    @property
+    def precision(self):
+        """GEMM operand precision of the conv kernels ("fp32", "tf32", "bf16")."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value):
+        self.set_precision(value)
+
+    def set_precision(self, precision):
+        """Set the conv/convT operand precision (kept in config, so checkpoints keep it)."""
+        self._apply_precision(precision)
+        if hasattr(self, "config"):
+            self.config["precision"] = precision
+            if precision == "fp32":   # the default is left out: readers that predate the key (C++ runner)
+                del self.config["precision"]
+        return self
+
+    def _apply_precision(self, precision):
+        """Set the layers' precision only (fit's override; config untouched)."""
+        _check.choice("precision", precision, PRECISIONS)
+        for _, layer in self.leaves:
+            if isinstance(layer, (Conv, ConvTranspose)):
+                layer.precision = precision
+        self._precision = precision
 
     @property
     def xp(self):
@@ -123,3 +181,14 @@ class Model:
 def _host(a):
     """A NumPy copy of a NumPy/CuPy array."""
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def upload(dst, host):
+    """Copy host (NumPy) values into dst: an assignment for NumPy; for CuPy an asynchronous
+    host->device copy on the current stream (ordered with the kernels around it, no sync;
+    the stream is passed explicitly because CuPy versions differ on what set() does without)."""
+    if isinstance(dst, np.ndarray):
+        dst[...] = host
+        return
+    import cupy
+    dst.set(np.ascontiguousarray(host, dtype=dst.dtype), stream=cupy.cuda.get_current_stream())

@@ -4,6 +4,7 @@ conv head giving `out_channels` logits (sigmoid/softmax live in the losses).
 
     base=16, depth=4: 16-32-64-128 channels down, a 256-channel bottom, back up to 16.
     block:  conv3x3 -> [BN] -> ReLU -> [dropout] -> conv3x3 -> [BN] -> ReLU
+            (without BN each conv+ReLU is one fused conv_forward(relu=True) call: `fuse`)
     down:   "maxpool" 2x2, or "strided": conv3x3 stride 2 (same channels) -> [BN] -> ReLU
     up:     "transpose": convT 2x2 stride 2 halving the channels, or "nearest"/"linear":
             x2 upsampling then conv3x3 halving the channels (no activation on either)
@@ -12,13 +13,16 @@ Parameter names (state_dict order = order of first use in forward, weight before
 PyTorch layouts): enc{i}.conv1.weight, enc{i}.conv1.bias, [enc{i}.bn1.weight, .bias,
 .running_mean, .running_var], enc{i}.conv2..., [down{i}.conv...], bottom..., up{i}.weight
 (transpose) or up{i}.conv.weight, dec{i}.conv1..., head.weight, head.bias.
+
+precision="fp32" | "tf32" | "bf16": the conv kernels' GEMM operands on CuPy arrays, with
+float32 master weights (cunet.nn.model); in `config` (checkpoints keep it) when not "fp32".
 """
 import numpy as np
 
 from cunet import _check
 from cunet.nn.layers import (INITS, BatchNorm, Concat, Conv, ConvTranspose, Dropout, MaxPool, ReLU, Sequential,
                              Upsample)
-from cunet.nn.model import Model
+from cunet.nn.model import PRECISIONS, Model
 
 
 def _block(ci, co, dims, norm, dropout, seed, init):
@@ -34,7 +38,7 @@ def _block(ci, co, dims, norm, dropout, seed, init):
 
 class UNet(Model):
     def __init__(self, dims=2, in_channels=1, out_channels=1, base=16, depth=4, up="transpose", down="maxpool",
-                 norm=None, dropout=0.0, seed=0, init="he_normal"):
+                 norm=None, dropout=0.0, seed=0, init="he_normal", precision="fp32"):
         _check.choice("dims", dims, (2, 3))
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base),
                         ("depth", depth)):
@@ -45,6 +49,7 @@ class UNet(Model):
         _check.number("dropout", dropout, 0.0, 1.0, hi_open=True)
         _check.integer("seed", seed, lo=0)
         _check.choice("init", init, INITS)
+        _check.choice("precision", precision, PRECISIONS)
         self.config = dict(dims=dims, in_channels=in_channels, out_channels=out_channels, base=base, depth=depth,
                            up=up, down=down, norm=norm, dropout=dropout, seed=seed, init=init)
         self.dims, self.depth, self.in_channels = dims, depth, in_channels
@@ -81,6 +86,9 @@ class UNet(Model):
             self.dec.append(add(f"dec{i}", _block(2 * c, c, dims, bn, dropout, seed * 7919 + depth + 1 + i, init)))
         self.head = add("head", Conv(base, out_channels, 1, 1, 0, dims, init="glorot_uniform"))
         self._build(named, seed)
+        self._blocks = [b for b in self.enc + self.down + [self.bottom] + self.dec if isinstance(b, Sequential)]
+        self.fuse = True
+        self.set_precision(precision)
 
     def _check_input(self, x):
         _check.array("x", x)
@@ -127,8 +135,15 @@ class UNet(Model):
             dh = enc.backward(down.backward(dh) + dskip)   # the skip's gradient joins the pooled path
         return dh
 
-    def reseed(self, step):
-        """Dropout masks for training step `step` (the trainer calls this once per step)."""
-        for _, layer in self.leaves:
-            if isinstance(layer, Dropout):
-                layer.reseed(step)
+    @property
+    def fuse(self):
+        """Conv+ReLU pairs run as one conv_forward(relu=True) (default True; same results)."""
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, on):
+        if not isinstance(on, bool):
+            raise TypeError(f"fuse: expected True or False, got {on!r}")
+        self._fuse = on
+        for block in self._blocks:
+            block.fuse = on
