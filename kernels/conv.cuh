@@ -7,15 +7,19 @@
 // (cunet/_ops/conv.py): its forward is conv_backward_data, its input gradient
 // conv_forward, its weight gradient conv_backward_weight with x and dy exchanged.
 //
-// Entry points:
-//   conv_forward(DIMS, x, w, b, y)             loop over y          y = conv(x, w) + b
+// Entry points (portable direct kernels):
+//   conv_forward(DIMS, x, w, b, y, relu)       loop over y          y = conv(x, w) + b, max(., 0) if relu
 //   conv_backward_data(DIMS, dy, w, b, dx)     loop over dx         gather, no atomics; + b[ci] if b
 //   conv_backward_weight(DIMS, dy, x, dw)      coop, grid Co*Ci*KD*KH*KW, one weight per block
 //   channel_sum(N, C, S, x, out)               coop, grid C          out[c] = sum over n, s of x
+// Tiled implicit-GEMM kernels (what the GPU runs), <p> = fp32 | tf32 | bf16:
+//   conv_forward_<p>, conv_backward_data_<p>, conv_backward_weight_<p>, conv_sum_slices
+//   (see "tiled implicit-GEMM kernels" below for their arguments and grid).
 //
-// Host build: the launchers of the three conv kernels run the register-blocked CPU
-// variants of the "host variants" section instead, unless host_variants() is false
-// (set_host_variants(False) in Python): then the portable kernels run, as on the GPU.
+// Launchers: the GPU build runs the tiled kernels. The host build runs the register-blocked
+// CPU variants of the "host variants" section, or the portable kernels when host_variants()
+// is false (set_host_variants(False) in Python); with emulate_blocks() on it runs the tiled
+// kernels through the block emulation (set_emulate_blocks(True): how tests execute them).
 #pragma once
 #include "portable.cuh"
 
@@ -30,7 +34,7 @@
 // One output voxel per iteration: sum over input channels and taps inside the image.
 extern "C" __global__ void conv_forward(CUNET_CONV_DIMS, const float* __restrict__ x,
                                         const float* __restrict__ w, const float* __restrict__ b,
-                                        float* __restrict__ y) {
+                                        float* __restrict__ y, int64_t relu) {
     CUNET_LOOP(i, N * Co * Do * Ho * Wo) {
         const int64_t ox = i % Wo, oy = (i / Wo) % Ho, oz = (i / (Wo * Ho)) % Do;
         const int64_t co = (i / (Wo * Ho * Do)) % Co, n = i / (Wo * Ho * Do * Co);
@@ -52,7 +56,7 @@ extern "C" __global__ void conv_forward(CUNET_CONV_DIMS, const float* __restrict
                 }
             }
         }
-        y[i] = acc;
+        y[i] = relu && acc < 0.0f ? 0.0f : acc;   // NaN passes, as np.maximum
     }
 }
 
@@ -116,6 +120,284 @@ extern "C" __global__ void channel_sum(int64_t N, int64_t C, int64_t S, const fl
     }
     acc = cunet::block_sum(acc);
     if (threadIdx.x == 0) out[c] = (float)acc;
+}
+
+// ---- tiled implicit-GEMM kernels
+// Each pass is a GEMM C (M x Nn) = A (M x K) * B (K x Nn) whose operands are gathered from
+// the tensors as they are loaded (implicit GEMM; T = KD*KH*KW taps, tap = (kz*KH + ky)*KW + kx):
+//   pass             M            Nn      K            A(m, k)               B(k, n)              C(m, n)
+//   forward          N*Do*Ho*Wo   Co      Ci*T         x at (voxel m, ci,tap) w[n, k]              y[nb, n, o] (+b, relu)
+//   data gradient    N*D*H*W      Ci      Co*T         dy gathered at m       w[co, n, tap]        dx[nb, n, i] (+b)
+//   weight gradient  Co           Ci*T    N*Do*Ho*Wo   dy[nb, m, o]           x at (voxel k, ci,tap) dw[m, n]
+// Out-of-image taps, and rows / columns / k past the GEMM's edges, load as zeros, so any
+// channel count, stride, padding and dilation works (the strided data gradient gathers
+// dy only where (i + P - k*Dil) / S is exact: the other taps are zeros of A, computed).
+//
+// Tiling: a block of kThreads = 128 threads (4 warps as 2 x 2) computes a kTM x kTN =
+// 64 x 64 tile of C; each warp a 32 x 32 tile = 2 x 4 mma tiles of 16 x 8, held as
+// acc[2][4][4] in the C fragment layout of portable.cuh. K advances in steps of kTK = 16
+// through fp32 shared-memory tiles As[k][m], Bs[k][n], two of each: the next step's global
+// loads wait in registers while this step computes, so one __syncthreads per step.
+// Precision: tf32 / bf16 round the operands as their fragments leave shared memory
+// (2 x m16n8k8 or 1 x m16n8k16 per step and tile); fp32 computes the same fragment
+// positions with FFMA. Loader, tiling and epilogue are shared by the three precisions.
+// The weight gradient's K (N * output voxels) is long and its tile grid small: K is split
+// into slices (blockIdx), each writing its partial tile to slice z of a workspace that
+// conv_sum_slices adds in slice order (deterministic, no atomics).
+// Block index: one dimension, n-tile fastest, then m-tile, then the K slice.
+namespace cunet {
+
+constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 128;
+// blocks per SM asked of ptxas: caps registers at 128/thread (without it ptxas picked 96
+// and spilled a few bytes in two kernels)
+constexpr int kMinBlocks = 4;
+constexpr int kLd = kTM + 8;   // padded row: fragment loads (rows g, columns t) hit 32 banks
+
+// The conv geometry in 32-bit ints: the launchers check that M, Nn and K fit.
+struct ConvGeom {
+    int N, Ci, Co, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW;
+    __device__ int taps() const { return KD * KH * KW; }
+    __device__ int out_voxels() const { return Do * Ho * Wo; }
+    __device__ int in_voxels() const { return D * H * W; }
+};
+
+// x at row p (output voxel: nb, oz, oy, ox) and column r (ci, tap) of the im2col matrix:
+// the forward's A and the weight gradient's B. Zero outside the image.
+__device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restrict__ x, int p, int r) {
+    const int ox = p % g.Wo, oy = (p / g.Wo) % g.Ho, oz = (p / (g.Wo * g.Ho)) % g.Do, nb = p / g.out_voxels();
+    const int kx = r % g.KW, ky = (r / g.KW) % g.KH, kz = (r / (g.KW * g.KH)) % g.KD, ci = r / g.taps();
+    const int iz = oz * g.SD - g.PD + kz * g.DD, iy = oy * g.SH - g.PH + ky * g.DH, ix = ox * g.SW - g.PW + kx * g.DW;
+    if (iz < 0 || iz >= g.D || iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return 0.0f;
+    return x[(((int64_t)nb * g.Ci + ci) * g.D + iz) * g.H * g.W + (int64_t)iy * g.W + ix];
+}
+
+// A pass: sizes, the element loaders and the store of C. a_along_k: the A loader's lanes
+// run along k (consecutive addresses there) instead of along m. B's run along k in every pass.
+struct ConvFwdPass {
+    ConvGeom g;
+    const float *x, *w, *b;
+    float* y;
+    int relu;
+    static constexpr bool a_along_k = false;
+    __device__ int M() const { return g.N * g.out_voxels(); }
+    __device__ int Nn() const { return g.Co; }
+    __device__ int K() const { return g.Ci * g.taps(); }
+    __device__ float load_a(int m, int k) const { return im2col(g, x, m, k); }
+    __device__ float load_b(int k, int n) const { return w[(int64_t)n * K() + k]; }
+    __device__ void store(int, int m, int n, float v) const {
+        v += b ? b[n] : 0.0f;
+        if (relu && v < 0.0f) v = 0.0f;   // NaN passes, as np.maximum
+        const int o = m % g.out_voxels(), nb = m / g.out_voxels();
+        y[((int64_t)nb * g.Co + n) * g.out_voxels() + o] = v;
+    }
+};
+
+struct ConvDataPass {
+    ConvGeom g;
+    const float *dy, *w, *b;
+    float* dx;
+    static constexpr bool a_along_k = false;
+    __device__ int M() const { return g.N * g.in_voxels(); }
+    __device__ int Nn() const { return g.Ci; }
+    __device__ int K() const { return g.Co * g.taps(); }
+    // dy at the output that tap k read input voxel m from: o = (i + P - k*Dil) / S, if exact
+    __device__ float load_a(int m, int k) const {
+        const int ix = m % g.W, iy = (m / g.W) % g.H, iz = (m / (g.W * g.H)) % g.D, nb = m / g.in_voxels();
+        const int kx = k % g.KW, ky = (k / g.KW) % g.KH, kz = (k / (g.KW * g.KH)) % g.KD, co = k / g.taps();
+        const int tz = iz + g.PD - kz * g.DD, ty = iy + g.PH - ky * g.DH, tx = ix + g.PW - kx * g.DW;
+        if (tz < 0 || ty < 0 || tx < 0 || tz % g.SD || ty % g.SH || tx % g.SW) return 0.0f;
+        const int oz = tz / g.SD, oy = ty / g.SH, ox = tx / g.SW;
+        if (oz >= g.Do || oy >= g.Ho || ox >= g.Wo) return 0.0f;
+        return dy[(((int64_t)nb * g.Co + co) * g.Do + oz) * g.Ho * g.Wo + (int64_t)oy * g.Wo + ox];
+    }
+    __device__ float load_b(int k, int n) const {
+        return w[((int64_t)(k / g.taps()) * g.Ci + n) * g.taps() + k % g.taps()];
+    }
+    __device__ void store(int, int m, int n, float v) const {
+        const int i = m % g.in_voxels(), nb = m / g.in_voxels();
+        dx[((int64_t)nb * g.Ci + n) * g.in_voxels() + i] = v + (b ? b[n] : 0.0f);
+    }
+};
+
+struct ConvWeightPass {
+    ConvGeom g;
+    const float *dy, *x;
+    float* part;   // (slices, Co, Ci*T): dw itself when there is one slice
+    static constexpr bool a_along_k = true;
+    __device__ int M() const { return g.Co; }
+    __device__ int Nn() const { return g.Ci * g.taps(); }
+    __device__ int K() const { return g.N * g.out_voxels(); }
+    __device__ float load_a(int m, int k) const {
+        return dy[((int64_t)(k / g.out_voxels()) * g.Co + m) * g.out_voxels() + k % g.out_voxels()];
+    }
+    __device__ float load_b(int k, int n) const { return im2col(g, x, k, n); }
+    __device__ void store(int z, int m, int n, float v) const { part[((int64_t)z * M() + m) * Nn() + n] = v; }
+};
+
+// Element i (< 8) of this thread's share of a kTK x 64 operand tile: (k, r), with lanes
+// along r (128 threads = 2 k-rows of 64) or along k (8 r-rows of 16).
+__device__ __forceinline__ void tile_slot(int tid, int i, bool along_k, int& k, int& r) {
+    if (along_k) k = tid % kTK, r = tid / kTK + (kThreads / kTK) * i;
+    else r = tid % kTM, k = tid / kTM + (kThreads / kTM) * i;
+}
+
+// Fragment registers of A (rows r0.., k from k0) or B (columns c0..) from a shared tile
+// stored [k][row]: K = 8 tf32, K = 16 bf16 pairs, through portable.cuh's layout.
+template <int K>
+__device__ __forceinline__ void load_frag_a(const float (*t)[kLd], int k0, int r0, int lane, uint32_t a[4]) {
+    CUNET_UNROLL
+    for (int reg = 0; reg < 4; ++reg) {
+        if (K == 8) {
+            a[reg] = f32_to_tf32(t[k0 + mma_a_col<8>(lane, reg)][r0 + mma_a_row<8>(lane, reg)]);
+        } else {
+            const int e = 2 * reg;
+            a[reg] = pack_bf16x2(t[k0 + mma_a_col<16>(lane, e)][r0 + mma_a_row<16>(lane, e)],
+                                 t[k0 + mma_a_col<16>(lane, e + 1)][r0 + mma_a_row<16>(lane, e + 1)]);
+        }
+    }
+}
+template <int K>
+__device__ __forceinline__ void load_frag_b(const float (*t)[kLd], int k0, int c0, int lane, uint32_t b[2]) {
+    const int c = c0 + mma_b_col(lane);
+    CUNET_UNROLL
+    for (int reg = 0; reg < 2; ++reg) {
+        if (K == 8) b[reg] = f32_to_tf32(t[k0 + mma_b_row<8>(lane, reg)][c]);
+        else b[reg] = pack_bf16x2(t[k0 + mma_b_row<16>(lane, 2 * reg)][c], t[k0 + mma_b_row<16>(lane, 2 * reg + 1)][c]);
+    }
+}
+
+// One K step of a warp's 32 x 32 tile at (wm, wn). PREC 0: fp32 FFMA, 1: tf32, 2: bf16.
+template <int PREC>
+__device__ __forceinline__ void warp_step(const float (*As)[kLd], const float (*Bs)[kLd], int wm, int wn, int lane,
+                                          float acc[2][4][4]) {
+    if (PREC == 0) {
+        CUNET_UNROLL
+        for (int k = 0; k < kTK; ++k)
+            CUNET_UNROLL
+            for (int i = 0; i < 2; ++i)
+                CUNET_UNROLL
+                for (int j = 0; j < 4; ++j)
+                    CUNET_UNROLL
+                    for (int e = 0; e < 4; ++e)
+                        acc[i][j][e] += As[k][wm + 16 * i + mma_c_row(lane, e)] * Bs[k][wn + 8 * j + mma_c_col(lane, e)];
+        return;
+    }
+    constexpr int K = PREC == 1 ? 8 : 16;
+    CUNET_UNROLL
+    for (int k0 = 0; k0 < kTK; k0 += K) {
+        uint32_t a[2][4], b[4][2];
+        CUNET_UNROLL
+        for (int i = 0; i < 2; ++i) load_frag_a<K>(As, k0, wm + 16 * i, lane, a[i]);
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j) load_frag_b<K>(Bs, k0, wn + 8 * j, lane, b[j]);
+        CUNET_UNROLL
+        for (int i = 0; i < 2; ++i)
+            CUNET_UNROLL
+            for (int j = 0; j < 4; ++j) mma_16x8<K>(acc[i][j], a[i], b[j]);
+    }
+}
+
+// The block's C tile over K in [z*k_slice, (z+1)*k_slice). blockDim.x must be kThreads.
+template <int PREC, class Pass>
+__device__ __forceinline__ void conv_gemm(const Pass& p, int k_slice) {
+    __shared__ float As[2][kTK][kLd], Bs[2][kTK][kLd];
+    const int M = p.M(), Nn = p.Nn(), K = p.K();
+    const int tiles_n = (Nn + kTN - 1) / kTN, tiles_m = (M + kTM - 1) / kTM;
+    const int tn = blockIdx.x % tiles_n, tm = (blockIdx.x / tiles_n) % tiles_m, z = blockIdx.x / (tiles_n * tiles_m);
+    const int m0 = tm * kTM, n0 = tn * kTN, kb = z * k_slice, ke = kb + k_slice < K ? kb + k_slice : K;
+    const int tid = threadIdx.x, lane = tid & 31, wm = (tid >> 6) * 32, wn = ((tid >> 5) & 1) * 32;
+    float acc[2][4][4];
+    CUNET_UNROLL
+    for (int i = 0; i < 2; ++i)
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j)
+            CUNET_UNROLL
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    float ra[8], rb[8];   // this thread's share of the next step's A and B tiles
+    auto fetch = [&](int k0) {
+        CUNET_UNROLL
+        for (int i = 0; i < 8; ++i) {
+            int k, r;
+            tile_slot(tid, i, Pass::a_along_k, k, r);
+            ra[i] = m0 + r < M && k0 + k < ke ? p.load_a(m0 + r, k0 + k) : 0.0f;
+            tile_slot(tid, i, true, k, r);
+            rb[i] = n0 + r < Nn && k0 + k < ke ? p.load_b(k0 + k, n0 + r) : 0.0f;
+        }
+    };
+    auto stage = [&](int buf) {
+        CUNET_UNROLL
+        for (int i = 0; i < 8; ++i) {
+            int k, r;
+            tile_slot(tid, i, Pass::a_along_k, k, r);
+            As[buf][k][r] = ra[i];
+            tile_slot(tid, i, true, k, r);
+            Bs[buf][k][r] = rb[i];
+        }
+    };
+    fetch(kb);
+    stage(0);
+    __syncthreads();
+    for (int k0 = kb, buf = 0; k0 < ke; k0 += kTK, buf ^= 1) {
+        const bool more = k0 + kTK < ke;
+        if (more) fetch(k0 + kTK);
+        warp_step<PREC>(As[buf], Bs[buf], wm, wn, lane, acc);
+        if (more) stage(buf ^ 1);   // buf ^ 1 was last read before the previous step's barrier
+        __syncthreads();
+    }
+    CUNET_UNROLL
+    for (int i = 0; i < 2; ++i)
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j)
+            CUNET_UNROLL
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + wm + 16 * i + mma_c_row(lane, e), n = n0 + wn + 8 * j + mma_c_col(lane, e);
+                if (m < M && n < Nn) p.store(z, m, n, acc[i][j][e]);
+            }
+}
+
+__device__ __forceinline__ ConvGeom conv_geom(CUNET_CONV_DIMS) {
+    return ConvGeom{(int)N,  (int)Ci, (int)Co, (int)D,  (int)H,  (int)W,  (int)Do, (int)Ho, (int)Wo, (int)KD, (int)KH,
+                    (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW};
+}
+
+}  // namespace cunet
+
+// One kernel per (pass, precision), looked up by name by the CuPy path:
+//   conv_forward_<p>(DIMS, x, w, b, y, relu)        grid tiles_m * tiles_n, K = Ci*T in one slice
+//   conv_backward_data_<p>(DIMS, dy, w, b, dx)      grid tiles_m * tiles_n
+//   conv_backward_weight_<p>(DIMS, dy, x, part, k_slice)   grid tiles_m * tiles_n * slices
+// <p> = fp32 | tf32 | bf16; blockDim.x = kThreads.
+#define CUNET_CONV_TILED(suffix, prec)                                                                            \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_forward_##suffix(                           \
+        CUNET_CONV_DIMS, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,    \
+        float* __restrict__ y, int64_t relu) {                                                                     \
+        const cunet::ConvFwdPass p{cunet::conv_geom(CUNET_CONV_ARGS), x, w, b, y, (int)relu};                     \
+        cunet::conv_gemm<prec>(p, p.K());                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_data_##suffix(                     \
+        CUNET_CONV_DIMS, const float* __restrict__ dy, const float* __restrict__ w, const float* __restrict__ b,   \
+        float* __restrict__ dx) {                                                                                  \
+        const cunet::ConvDataPass p{cunet::conv_geom(CUNET_CONV_ARGS), dy, w, b, dx};                             \
+        cunet::conv_gemm<prec>(p, p.K());                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_weight_##suffix(                   \
+        CUNET_CONV_DIMS, const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ part,      \
+        int64_t k_slice) {                                                                                         \
+        cunet::conv_gemm<prec>(cunet::ConvWeightPass{cunet::conv_geom(CUNET_CONV_ARGS), dy, x, part}, (int)k_slice); \
+    }
+CUNET_CONV_TILED(fp32, 0)
+CUNET_CONV_TILED(tf32, 1)
+CUNET_CONV_TILED(bf16, 2)
+#undef CUNET_CONV_TILED
+
+// out[i] = sum over z < slices of part[z*n + i], in slice order: the split weight gradient.
+extern "C" __global__ void conv_sum_slices(int64_t n, int64_t slices, const float* __restrict__ part,
+                                           float* __restrict__ out) {
+    CUNET_LOOP(i, n) {
+        float s = 0.0f;
+        for (int64_t z = 0; z < slices; ++z) s += part[z * n + i];
+        out[i] = s;
+    }
 }
 
 // ---- host variants
@@ -472,7 +754,7 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
     return g;
 }
 
-inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y) {
+inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu) {
     if (N * Co * Do * Ho * Wo == 0) return;
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
@@ -489,7 +771,10 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
                 float* dst = y + (((n * Co + c0 + j) * Do + z) * Ho + yy) * Wo + xx;
                 const float* src = tile + j * T + i;
                 const float bias = b ? b[c0 + j] : 0.0f;
-                for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias;
+                if (relu)
+                    for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias < 0.0f ? 0.0f : src[u] + bias;
+                else
+                    for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias;
             }
         });
     });
@@ -581,29 +866,101 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
 #endif
 
 // ---- launchers
+// precision: 0 fp32, 1 tf32, 2 bf16 (the GEMM operands). GPU build: the tiled kernels.
+// Host build: the CPU variants (or, with host_variants() off, the portable kernels), in
+// fp32 whatever the precision; with emulate_blocks() on, the tiled kernels with their GPU
+// block size through the block emulation, in the requested precision (how tests run them).
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
 
-inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, Stream s = 0) {
+// Blocks of a tiled launch: tiles of C; the GEMM sizes must fit the kernels' 32-bit indices.
+inline unsigned conv_tiles(int64_t M, int64_t Nn, int64_t K) {
+    const int64_t lim = int64_t(1) << 31;
+    if (M >= lim || Nn >= lim || K >= lim)
+        throw std::invalid_argument("cunet conv: GEMM sizes " + std::to_string(M) + " x " + std::to_string(Nn) + " x " +
+                                    std::to_string(K) + " exceed the tiled kernels' 32-bit indices");
+    return (unsigned)(((M + kTM - 1) / kTM) * ((Nn + kTN - 1) / kTN));
+}
+
+// Weight-gradient K per slice (a multiple of kTK): slices until about 256 blocks run, each
+// slice at least 8 K steps. cunet/_ops/conv.py asks for it through the binding.
+inline int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K) {
+    const int64_t tiles = ((M + kTM - 1) / kTM) * ((Nn + kTN - 1) / kTN), steps = (K + kTK - 1) / kTK;
+    const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((256 + tiles - 1) / tiles, steps / 8));
+    return std::max<int64_t>(1, (steps + slices - 1) / slices) * kTK;
+}
+
+inline void conv_check_precision(int precision) {
+    if (precision < 0 || precision > 2)
+        throw std::invalid_argument("cunet conv: precision code must be 0 (fp32), 1 (tf32) or 2 (bf16), got " +
+                                    std::to_string(precision));
+}
+
+// Launch kernel_<precision> of a tiled family with kThreads per block.
+#define CUNET_CONV_LAUNCH_TILED(family, precision, grid, s, ...)                                              \
+    do {                                                                                                      \
+        if ((precision) == 1) CUNET_LAUNCH(::family##_tf32, dim3(grid), dim3(kThreads), s, __VA_ARGS__);       \
+        else if ((precision) == 2) CUNET_LAUNCH(::family##_bf16, dim3(grid), dim3(kThreads), s, __VA_ARGS__);  \
+        else CUNET_LAUNCH(::family##_fp32, dim3(grid), dim3(kThreads), s, __VA_ARGS__);                        \
+    } while (0)
+
+inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, int precision = 0,
+                         bool relu = false, Stream s = 0) {
+    conv_check_precision(precision);
+    if (N * Co * Do * Ho * Wo == 0) return;
 #if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y);
+    if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu);
+        CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
+        return;
+    }
 #endif
-    CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y);
+    const unsigned grid = conv_tiles(N * Do * Ho * Wo, Co, Ci * KD * KH * KW);
+    CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
 }
 inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
-                               Stream s = 0) {
+                               int precision = 0, Stream s = 0) {
+    conv_check_precision(precision);
+    if (N * Ci * D * H * W == 0) return;
 #if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx);
+    if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx);
+        CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, dx);
+        return;
+    }
 #endif
-    CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, dx);
+    const unsigned grid = conv_tiles(N * D * H * W, Ci, Co * KD * KH * KW);
+    CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, dy, w, b, dx);
 }
-inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, Stream s = 0) {
+inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, int precision = 0,
+                                 Stream s = 0) {
+    conv_check_precision(precision);
+    const int64_t M = Co, Nn = Ci * KD * KH * KW, K = N * Do * Ho * Wo;
+    if (M * Nn == 0) return;
 #if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
+    if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
+        CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
+        return;
+    }
 #endif
-    CUNET_LAUNCH(::conv_backward_weight, dim3(Co * Ci * KD * KH * KW), dim3(coop_block()), s, CUNET_CONV_ARGS,
-                 dy, x, dw);
+    const int64_t k_slice = conv_wgrad_slice(M, Nn, K), slices = std::max<int64_t>(1, (K + k_slice - 1) / k_slice);
+    const unsigned grid = conv_tiles(M, Nn, K) * (unsigned)slices;
+    float* part = dw;   // (slices, M, Nn) partial sums when K is split
+#if defined(CUNET_GPU)
+    if (slices > 1 && cudaMallocAsync(reinterpret_cast<void**>(&part), sizeof(float) * slices * M * Nn, s) != cudaSuccess)
+        throw std::runtime_error("cunet conv_backward_weight: cannot allocate the split-K workspace");
+#else
+    std::vector<float> workspace(slices > 1 ? slices * M * Nn : 0);
+    if (slices > 1) part = workspace.data();
+#endif
+    CUNET_CONV_LAUNCH_TILED(conv_backward_weight, precision, grid, s, CUNET_CONV_ARGS, dy, x, part, k_slice);
+    if (slices > 1) CUNET_LAUNCH_LOOP(::conv_sum_slices, M * Nn, s, M * Nn, slices, part, dw);
+#if defined(CUNET_GPU)
+    if (slices > 1) cudaFreeAsync(part, s);
+#endif
 }
+#undef CUNET_CONV_LAUNCH_TILED
 inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {
 #if defined(CUNET_HOST)
     if (host_variants()) {   // one thread per channel, rows summed with vector partial sums
