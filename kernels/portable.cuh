@@ -329,18 +329,18 @@ __device__ __forceinline__ void block_range(int64_t n, int64_t& begin, int64_t& 
 //   B element e (< K/4) at (k, n) = (b_row, b_col);               register e*8/K
 //   C/D element e (< 4) at (c_row, c_col)
 // GPU: sm_80 or newer (inline PTX, no mma.h / cuda_bf16.h: NVRTC may lack toolkit headers).
-template <int K> __device__ __forceinline__ int mma_a_row(int lane, int e) {
+template <int K> __host__ __device__ __forceinline__ int mma_a_row(int lane, int e) {
     return (lane >> 2) + 8 * ((K == 8 ? e : e >> 1) & 1);
 }
-template <int K> __device__ __forceinline__ int mma_a_col(int lane, int e) {
+template <int K> __host__ __device__ __forceinline__ int mma_a_col(int lane, int e) {
     return K == 8 ? (lane & 3) + 4 * (e >> 1) : 2 * (lane & 3) + (e & 1) + 8 * (e >> 2);
 }
-template <int K> __device__ __forceinline__ int mma_b_row(int lane, int e) {
+template <int K> __host__ __device__ __forceinline__ int mma_b_row(int lane, int e) {
     return K == 8 ? (lane & 3) + 4 * e : 2 * (lane & 3) + (e & 1) + 8 * (e >> 1);
 }
-__device__ __forceinline__ int mma_b_col(int lane) { return lane >> 2; }
-__device__ __forceinline__ int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); }
-__device__ __forceinline__ int mma_c_col(int lane, int e) { return 2 * (lane & 3) + (e & 1); }
+__host__ __device__ __forceinline__ int mma_b_col(int lane) { return lane >> 2; }
+__host__ __device__ __forceinline__ int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); }
+__host__ __device__ __forceinline__ int mma_c_col(int lane, int e) { return 2 * (lane & 3) + (e & 1); }
 
 #if defined(CUNET_HOST)
 __device__ __forceinline__ uint32_t f32_bits(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
