@@ -129,6 +129,9 @@ extern "C" __global__ void channel_sum(int64_t N, int64_t C, int64_t S, const fl
 //   forward          N*Do*Ho*Wo   Co      Ci*T         x at (voxel m, ci,tap) w[n, k]              y[nb, n, o] (+b, relu)
 //   data gradient    N*D*H*W      Ci      Co*T         dy gathered at m       w[co, n, tap]        dx[nb, n, i] (+b)
 //   weight gradient  Co           Ci*T    N*Do*Ho*Wo   dy[nb, m, o]           x at (voxel k, ci,tap) dw[m, n]
+// Concat read in place: x may arrive as two tensors, x (N, C1, ...) and x2 (N, Ci - C1, ...),
+// the channels of a UNet skip concatenation; the im2col loads pick the tensor by channel and
+// the data gradient stores channels >= C1 to dx2. Without x2, C1 = Ci.
 // Out-of-image taps, and rows / columns / k past the GEMM's edges, load as zeros, so any
 // channel count, stride, padding and dilation works (the strided data gradient gathers
 // dy only where (i + P - k*Dil) / S is exact: the other taps are zeros of A, computed).
@@ -156,33 +159,44 @@ constexpr int kLd = kTM + 8;   // padded row: fragment loads (rows g, columns t)
 // The conv geometry in 32-bit ints: the launchers check that M, Nn and K fit.
 struct ConvGeom {
     int N, Ci, Co, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW;
+    int C1;   // channels [0, C1) in the first tensor, [C1, Ci) in the second (x2 / dx2)
     __device__ int taps() const { return KD * KH * KW; }
     __device__ int out_voxels() const { return Do * Ho * Wo; }
     __device__ int in_voxels() const { return D * H * W; }
 };
 
+// Channel c of a voxel of the concat (x, x2): the offset of (nb, c) in x (N, C1, S) or x2
+// (N, Ci - C1, S), and which of the two holds it.
+__device__ __forceinline__ int64_t cat_offset(const ConvGeom& g, int nb, int c, int64_t S, bool& second) {
+    second = c >= g.C1;
+    return second ? ((int64_t)nb * (g.Ci - g.C1) + c - g.C1) * S : ((int64_t)nb * g.C1 + c) * S;
+}
+
 // x at row p (output voxel: nb, oz, oy, ox) and column r (ci, tap) of the im2col matrix:
 // the forward's A and the weight gradient's B. Zero outside the image.
-__device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restrict__ x, int p, int r) {
+__device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restrict__ x, const float* __restrict__ x2,
+                                        int p, int r) {
     const int ox = p % g.Wo, oy = (p / g.Wo) % g.Ho, oz = (p / (g.Wo * g.Ho)) % g.Do, nb = p / g.out_voxels();
     const int kx = r % g.KW, ky = (r / g.KW) % g.KH, kz = (r / (g.KW * g.KH)) % g.KD, ci = r / g.taps();
     const int iz = oz * g.SD - g.PD + kz * g.DD, iy = oy * g.SH - g.PH + ky * g.DH, ix = ox * g.SW - g.PW + kx * g.DW;
     if (iz < 0 || iz >= g.D || iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return 0.0f;
-    return x[(((int64_t)nb * g.Ci + ci) * g.D + iz) * g.H * g.W + (int64_t)iy * g.W + ix];
+    bool second;
+    const int64_t at = cat_offset(g, nb, ci, g.in_voxels(), second) + ((int64_t)iz * g.H + iy) * g.W + ix;
+    return second ? x2[at] : x[at];
 }
 
 // A pass: sizes, the element loaders and the store of C. a_along_k: the A loader's lanes
 // run along k (consecutive addresses there) instead of along m. B's run along k in every pass.
 struct ConvFwdPass {
     ConvGeom g;
-    const float *x, *w, *b;
+    const float *x, *x2, *w, *b;
     float* y;
     int relu;
     static constexpr bool a_along_k = false;
     __device__ int M() const { return g.N * g.out_voxels(); }
     __device__ int Nn() const { return g.Co; }
     __device__ int K() const { return g.Ci * g.taps(); }
-    __device__ float load_a(int m, int k) const { return im2col(g, x, m, k); }
+    __device__ float load_a(int m, int k) const { return im2col(g, x, x2, m, k); }
     __device__ float load_b(int k, int n) const { return w[(int64_t)n * K() + k]; }
     __device__ void store(int, int m, int n, float v) const {
         v += b ? b[n] : 0.0f;
@@ -195,7 +209,7 @@ struct ConvFwdPass {
 struct ConvDataPass {
     ConvGeom g;
     const float *dy, *w, *b;
-    float* dx;
+    float *dx, *dx2;
     static constexpr bool a_along_k = false;
     __device__ int M() const { return g.N * g.in_voxels(); }
     __device__ int Nn() const { return g.Ci; }
@@ -215,13 +229,15 @@ struct ConvDataPass {
     }
     __device__ void store(int, int m, int n, float v) const {
         const int i = m % g.in_voxels(), nb = m / g.in_voxels();
-        dx[((int64_t)nb * g.Ci + n) * g.in_voxels() + i] = v + (b ? b[n] : 0.0f);
+        bool second;
+        const int64_t at = cat_offset(g, nb, n, g.in_voxels(), second) + i;
+        (second ? dx2 : dx)[at] = v + (b ? b[n] : 0.0f);
     }
 };
 
 struct ConvWeightPass {
     ConvGeom g;
-    const float *dy, *x;
+    const float *dy, *x, *x2;
     float* part;   // (slices, Co, Ci*T): dw itself when there is one slice
     static constexpr bool a_along_k = true;
     __device__ int M() const { return g.Co; }
@@ -230,7 +246,7 @@ struct ConvWeightPass {
     __device__ float load_a(int m, int k) const {
         return dy[((int64_t)(k / g.out_voxels()) * g.Co + m) * g.out_voxels() + k % g.out_voxels()];
     }
-    __device__ float load_b(int k, int n) const { return im2col(g, x, k, n); }
+    __device__ float load_b(int k, int n) const { return im2col(g, x, x2, k, n); }
     __device__ void store(int z, int m, int n, float v) const { part[((int64_t)z * M() + m) * Nn() + n] = v; }
 };
 
@@ -355,35 +371,36 @@ __device__ __forceinline__ void conv_gemm(const Pass& p, int k_slice) {
             }
 }
 
-__device__ __forceinline__ ConvGeom conv_geom(CUNET_CONV_DIMS) {
+__device__ __forceinline__ ConvGeom conv_geom(CUNET_CONV_DIMS, int64_t C1) {
     return ConvGeom{(int)N,  (int)Ci, (int)Co, (int)D,  (int)H,  (int)W,  (int)Do, (int)Ho, (int)Wo, (int)KD, (int)KH,
-                    (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW};
+                    (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW, (int)C1};
 }
 
 }  // namespace cunet
 
 // One kernel per (pass, precision), looked up by name by the CuPy path:
-//   conv_forward_<p>(DIMS, x, w, b, y, relu)        grid tiles_m * tiles_n, K = Ci*T in one slice
-//   conv_backward_data_<p>(DIMS, dy, w, b, dx)      grid tiles_m * tiles_n
-//   conv_backward_weight_<p>(DIMS, dy, x, part, k_slice)   grid tiles_m * tiles_n * slices
-// <p> = fp32 | tf32 | bf16; blockDim.x = kThreads.
+//   conv_forward_<p>(DIMS, C1, x, x2, w, b, y, relu)        grid tiles_m * tiles_n, K = Ci*T in one slice
+//   conv_backward_data_<p>(DIMS, C1, dy, w, b, dx, dx2)     grid tiles_m * tiles_n
+//   conv_backward_weight_<p>(DIMS, C1, dy, x, x2, part, k_slice)   grid tiles_m * tiles_n * slices
+// <p> = fp32 | tf32 | bf16; blockDim.x = kThreads. x2 / dx2: channels [C1, Ci) (null if C1 = Ci).
 #define CUNET_CONV_TILED(suffix, prec)                                                                            \
-    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_forward_##suffix(                           \
-        CUNET_CONV_DIMS, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,    \
-        float* __restrict__ y, int64_t relu) {                                                                     \
-        const cunet::ConvFwdPass p{cunet::conv_geom(CUNET_CONV_ARGS), x, w, b, y, (int)relu};                     \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_forward_##suffix(     \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ x, const float* __restrict__ x2,                    \
+        const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ y, int64_t relu) {           \
+        const cunet::ConvFwdPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), x, x2, w, b, y, (int)relu};             \
         cunet::conv_gemm<prec>(p, p.K());                                                                          \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_data_##suffix(                     \
-        CUNET_CONV_DIMS, const float* __restrict__ dy, const float* __restrict__ w, const float* __restrict__ b,   \
-        float* __restrict__ dx) {                                                                                  \
-        const cunet::ConvDataPass p{cunet::conv_geom(CUNET_CONV_ARGS), dy, w, b, dx};                             \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_data_##suffix( \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ w,                    \
+        const float* __restrict__ b, float* __restrict__ dx, float* __restrict__ dx2) {                            \
+        const cunet::ConvDataPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), dy, w, b, dx, dx2};                    \
         cunet::conv_gemm<prec>(p, p.K());                                                                          \
     }                                                                                                              \
-    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_weight_##suffix(                   \
-        CUNET_CONV_DIMS, const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ part,      \
-        int64_t k_slice) {                                                                                         \
-        cunet::conv_gemm<prec>(cunet::ConvWeightPass{cunet::conv_geom(CUNET_CONV_ARGS), dy, x, part}, (int)k_slice); \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_weight_##suffix( \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ x,                    \
+        const float* __restrict__ x2, float* __restrict__ part, int64_t k_slice) {                                 \
+        const cunet::ConvWeightPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), dy, x, x2, part};                    \
+        cunet::conv_gemm<prec>(p, (int)k_slice);                                                                   \
     }
 CUNET_CONV_TILED(fp32, 0)
 CUNET_CONV_TILED(tf32, 1)
@@ -904,41 +921,69 @@ inline void conv_check_precision(int precision) {
         else CUNET_LAUNCH(::family##_fp32, dim3(grid), dim3(kThreads), s, __VA_ARGS__);                        \
     } while (0)
 
-inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, int precision = 0,
-                         bool relu = false, Stream s = 0) {
+#if defined(CUNET_HOST)
+// The host paths without the in-place concat read: (x, x2) copied into one (N, Ci, S) array,
+// and a (N, Ci, S) result split into (dx, dx2). The tiled kernels read and write in place.
+inline std::vector<float> host_concat(int64_t N, int64_t C1, int64_t C2, int64_t S, const float* x, const float* x2) {
+    std::vector<float> out((size_t)(N * (C1 + C2) * S));
+    for (int64_t n = 0; n < N; ++n) {
+        std::copy(x + n * C1 * S, x + (n + 1) * C1 * S, out.data() + n * (C1 + C2) * S);
+        std::copy(x2 + n * C2 * S, x2 + (n + 1) * C2 * S, out.data() + (n * (C1 + C2) + C1) * S);
+    }
+    return out;
+}
+inline void host_split(int64_t N, int64_t C1, int64_t C2, int64_t S, const float* src, float* a, float* b) {
+    for (int64_t n = 0; n < N; ++n) {
+        std::copy(src + n * (C1 + C2) * S, src + (n * (C1 + C2) + C1) * S, a + n * C1 * S);
+        std::copy(src + (n * (C1 + C2) + C1) * S, src + (n + 1) * (C1 + C2) * S, b + n * C2 * S);
+    }
+}
+#endif
+
+// *_cat: x (or dx) given as two tensors, channels [0, C1) and [C1, Ci) (x2 / dx2; C1 = Ci
+// and null without). The plain launchers are the one-tensor case.
+inline void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const float* x2, const float* w,
+                             const float* b, float* y, int precision = 0, bool relu = false, Stream s = 0) {
     conv_check_precision(precision);
     if (N * Co * Do * Ho * Wo == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
+        std::vector<float> cat;
+        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
         if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu);
         CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
         return;
     }
 #endif
     const unsigned grid = conv_tiles(N * Do * Ho * Wo, Co, Ci * KD * KH * KW);
-    CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
+    CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, C1, x, x2, w, b, y, (int64_t)relu);
 }
-inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
-                               int precision = 0, Stream s = 0) {
+inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
+                                   float* dx, float* dx2, int precision = 0, Stream s = 0) {
     conv_check_precision(precision);
     if (N * Ci * D * H * W == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
-        if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx);
-        CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, dx);
+        std::vector<float> cat(C1 < Ci ? N * Ci * D * H * W : 0);
+        float* out = C1 < Ci ? cat.data() : dx;
+        if (host_variants()) conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, out);
+        else CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, out);
+        if (C1 < Ci) host_split(N, C1, Ci - C1, D * H * W, out, dx, dx2);
         return;
     }
 #endif
     const unsigned grid = conv_tiles(N * D * H * W, Ci, Co * KD * KH * KW);
-    CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, dy, w, b, dx);
+    CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2);
 }
-inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, int precision = 0,
-                                 Stream s = 0) {
+inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
+                                     float* dw, int precision = 0, Stream s = 0) {
     conv_check_precision(precision);
     const int64_t M = Co, Nn = Ci * KD * KH * KW, K = N * Do * Ho * Wo;
     if (M * Nn == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
+        std::vector<float> cat;
+        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
         if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
         CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
         return;
@@ -954,11 +999,24 @@ inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* 
     std::vector<float> workspace(slices > 1 ? slices * M * Nn : 0);
     if (slices > 1) part = workspace.data();
 #endif
-    CUNET_CONV_LAUNCH_TILED(conv_backward_weight, precision, grid, s, CUNET_CONV_ARGS, dy, x, part, k_slice);
+    CUNET_CONV_LAUNCH_TILED(conv_backward_weight, precision, grid, s, CUNET_CONV_ARGS, C1, dy, x, x2, part, k_slice);
     if (slices > 1) CUNET_LAUNCH_LOOP(::conv_sum_slices, M * Nn, s, M * Nn, slices, part, dw);
 #if defined(CUNET_GPU)
     if (slices > 1) cudaFreeAsync(part, s);
 #endif
+}
+
+inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, int precision = 0,
+                         bool relu = false, Stream s = 0) {
+    conv_forward_cat(CUNET_CONV_ARGS, Ci, x, nullptr, w, b, y, precision, relu, s);
+}
+inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
+                               int precision = 0, Stream s = 0) {
+    conv_backward_data_cat(CUNET_CONV_ARGS, Ci, dy, w, b, dx, nullptr, precision, s);
+}
+inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, int precision = 0,
+                                 Stream s = 0) {
+    conv_backward_weight_cat(CUNET_CONV_ARGS, Ci, dy, x, nullptr, dw, precision, s);
 }
 #undef CUNET_CONV_LAUNCH_TILED
 inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {

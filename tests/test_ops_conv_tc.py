@@ -158,3 +158,85 @@ def test_precision_argument_is_checked():
         ops.conv_forward(x, w, precision="fp16")
     with pytest.raises(ValueError, match="precision"):
         ops.conv_backward(np.zeros((1, 3, 3, 3), np.float32), x, w, precision="tf16")
+
+
+# (spatial, batch, c1, c2, co, kernel, stride, padding): the conv of [x, x2] along channels
+CONCAT = [
+    ((7, 9), 2, 3, 5, 4, 3, 1, 1),
+    ((8, 7), 1, 5, 2, 3, 3, 2, 1),
+    ((9, 10), 1, 40, 30, 6, 3, 1, 1),    # the channel split falls inside a 64-wide K tile
+    ((5, 6, 7), 2, 2, 3, 5, 3, 1, 1),
+]
+
+
+def _concat_case(case, device):
+    sz, n, c1, c2, co, k, s, p = case
+    x = rng.standard_normal((n, c1) + sz).astype(np.float32)
+    x2 = rng.standard_normal((n, c2) + sz).astype(np.float32)
+    w = rng.standard_normal((co, c1 + c2) + (k,) * len(sz)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    return (x, x2, w, b), [to_device(a, device) for a in (x, x2, w, b)], (c1 + c2) * k ** len(sz)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("case", CONCAT, ids=str)
+def test_tiled_conv_reads_concat_in_place(case, precision, device, tiled):
+    (x, x2, w, b), (X, X2, W, B), k = _concat_case(case, device)
+    s, p = case[-2:]
+    cat = np.concatenate([x, x2], axis=1)
+    want = R.conv_forward(*f64(cat, w, b), s, p, relu=True, precision=precision)
+    close(ops.conv_forward(X, W, B, s, p, relu=True, precision=precision, x2=X2), want, k, device)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    dx, dw, db = R.conv_backward(*f64(dy, cat, w), s, p, precision=precision)
+    got = ops.conv_backward(to_device(dy, device), X, W, s, p, precision=precision, x2=X2)
+    assert len(got) == 4 and got[0].shape == x.shape and got[1].shape == x2.shape
+    co_taps = case[4] * case[5] ** len(case[0])
+    close(got[0], dx[:, :x.shape[1]], co_taps, device)
+    close(got[1], dx[:, x.shape[1]:], co_taps, device)
+    close(got[2], dw, dy[:, 0].size, device)
+    close(got[3], db, dy[:, 0].size, device)
+
+
+@pytest.mark.parametrize("variant", ["host", "portable"])
+def test_host_paths_take_concat_too(variant):
+    """The CPU variants and portable kernels (loop mode) copy [x, x2] together: same results."""
+    ops.set_host_variants(variant == "host")
+    try:
+        for case in CONCAT:
+            (x, x2, w, b), _, k = _concat_case(case, "cpu")
+            s, p = case[-2:]
+            cat = np.concatenate([x, x2], axis=1)
+            close(ops.conv_forward(x, w, b, s, p, x2=x2), R.conv_forward(*f64(cat, w, b), s, p), k, "cpu")
+            dy = rng.standard_normal(R.conv_forward(cat, w, b, s, p).shape).astype(np.float32)
+            want = R.conv_backward(*f64(dy, x, w), s, p, x2=x2.astype(np.float64))
+            got = ops.conv_backward(dy, x, w, s, p, x2=x2)
+            for g, r in zip(got, want):
+                close(g, r, max(k, dy[:, 0].size), "cpu")
+    finally:
+        ops.set_host_variants(True)
+
+
+def test_reference_x2_is_the_concatenation():
+    x = rng.standard_normal((2, 3, 6, 7))
+    x2 = rng.standard_normal((2, 4, 6, 7))
+    w = rng.standard_normal((5, 7, 3, 3))
+    dy = rng.standard_normal((2, 5, 6, 7))
+    cat = np.concatenate([x, x2], axis=1)
+    np.testing.assert_array_equal(R.conv_forward(x, w, None, 1, 1, x2=x2), R.conv_forward(cat, w, None, 1, 1))
+    dx, dx2, dw, db = R.conv_backward(dy, x, w, 1, 1, x2=x2)
+    want = R.conv_backward(dy, cat, w, 1, 1)
+    np.testing.assert_array_equal(np.concatenate([dx, dx2], axis=1), want[0])
+    np.testing.assert_array_equal(dw, want[1])
+
+
+def test_x2_argument_is_checked():
+    x = np.zeros((2, 3, 6, 7), np.float32)
+    w = np.zeros((5, 7, 3, 3), np.float32)
+    for fn in (R.conv_forward, ops.conv_forward):
+        with pytest.raises(ValueError, match=r"x2: expected shape \(2, C2, 6, 7\)"):
+            fn(x, w, x2=np.zeros((2, 4, 6, 8), np.float32))
+        with pytest.raises(TypeError, match="x2: expected dtype float32"):
+            fn(x, w, x2=np.zeros((2, 4, 6, 7), np.float64))
+        with pytest.raises(ValueError, match="w: expected 8 input channels"):
+            fn(x, w, x2=np.zeros((2, 5, 6, 7), np.float32))
