@@ -156,14 +156,24 @@ constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 128;
 constexpr int kMinBlocks = 4;
 constexpr int kLd = kTM + 8;   // padded row: fragment loads (rows g, columns t) hit 32 banks
 
-// The conv geometry in 32-bit ints: the launchers check that M, Nn and K fit.
+// The conv geometry in 32-bit ints (the launchers check that M, Nn and K fit), with the
+// divisors of the index decompositions as FastDiv. One copy per block, in shared memory,
+// filled by thread 0 (share_geom): the divisors' magic numbers are computed once.
 struct ConvGeom {
     int N, Ci, Co, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW;
     int C1;   // channels [0, C1) in the first tensor, [C1, Ci) in the second (x2 / dx2)
+    FastDiv dW, dH, dD, dWo, dHo, dDo, dKW, dKH, dKD, dSW, dSH, dSD, dT, dSi, dSo;
     __device__ int taps() const { return KD * KH * KW; }
     __device__ int out_voxels() const { return Do * Ho * Wo; }
     __device__ int in_voxels() const { return D * H * W; }
 };
+
+// n = ((rest*C + c)*B + b)*A + a, with 0 <= a < A etc. -> a, b, c; returns rest. Splits a
+// voxel index into (x, y, z, batch) or a GEMM column into (kx, ky, kz, channel).
+__device__ __forceinline__ int split3(int n, const FastDiv& A, const FastDiv& B, const FastDiv& C, int& a, int& b,
+                                      int& c) {
+    return fdivmod(fdivmod(fdivmod(n, A, a), B, b), C, c);
+}
 
 // Channel c of a voxel of the concat (x, x2): the offset of (nb, c) in x (N, C1, S) or x2
 // (N, Ci - C1, S), and which of the two holds it.
@@ -176,8 +186,8 @@ __device__ __forceinline__ int64_t cat_offset(const ConvGeom& g, int nb, int c, 
 // the forward's A and the weight gradient's B. Zero outside the image.
 __device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restrict__ x, const float* __restrict__ x2,
                                         int p, int r) {
-    const int ox = p % g.Wo, oy = (p / g.Wo) % g.Ho, oz = (p / (g.Wo * g.Ho)) % g.Do, nb = p / g.out_voxels();
-    const int kx = r % g.KW, ky = (r / g.KW) % g.KH, kz = (r / (g.KW * g.KH)) % g.KD, ci = r / g.taps();
+    int ox, oy, oz, kx, ky, kz;
+    const int nb = split3(p, g.dWo, g.dHo, g.dDo, ox, oy, oz), ci = split3(r, g.dKW, g.dKH, g.dKD, kx, ky, kz);
     const int iz = oz * g.SD - g.PD + kz * g.DD, iy = oy * g.SH - g.PH + ky * g.DH, ix = ox * g.SW - g.PW + kx * g.DW;
     if (iz < 0 || iz >= g.D || iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return 0.0f;
     bool second;
@@ -188,7 +198,7 @@ __device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restri
 // A pass: sizes, the element loaders and the store of C. a_along_k: the A loader's lanes
 // run along k (consecutive addresses there) instead of along m. B's run along k in every pass.
 struct ConvFwdPass {
-    ConvGeom g;
+    const ConvGeom& g;
     const float *x, *x2, *w, *b;
     float* y;
     int relu;
@@ -201,13 +211,14 @@ struct ConvFwdPass {
     __device__ void store(int, int m, int n, float v) const {
         v += b ? b[n] : 0.0f;
         if (relu && v < 0.0f) v = 0.0f;   // NaN passes, as np.maximum
-        const int o = m % g.out_voxels(), nb = m / g.out_voxels();
+        int o;
+        const int nb = fdivmod(m, g.dSo, o);
         y[((int64_t)nb * g.Co + n) * g.out_voxels() + o] = v;
     }
 };
 
 struct ConvDataPass {
-    ConvGeom g;
+    const ConvGeom& g;
     const float *dy, *w, *b;
     float *dx, *dx2;
     static constexpr bool a_along_k = false;
@@ -216,19 +227,22 @@ struct ConvDataPass {
     __device__ int K() const { return g.Co * g.taps(); }
     // dy at the output that tap k read input voxel m from: o = (i + P - k*Dil) / S, if exact
     __device__ float load_a(int m, int k) const {
-        const int ix = m % g.W, iy = (m / g.W) % g.H, iz = (m / (g.W * g.H)) % g.D, nb = m / g.in_voxels();
-        const int kx = k % g.KW, ky = (k / g.KW) % g.KH, kz = (k / (g.KW * g.KH)) % g.KD, co = k / g.taps();
+        int ix, iy, iz, kx, ky, kz, rz, ry, rx;
+        const int nb = split3(m, g.dW, g.dH, g.dD, ix, iy, iz), co = split3(k, g.dKW, g.dKH, g.dKD, kx, ky, kz);
         const int tz = iz + g.PD - kz * g.DD, ty = iy + g.PH - ky * g.DH, tx = ix + g.PW - kx * g.DW;
-        if (tz < 0 || ty < 0 || tx < 0 || tz % g.SD || ty % g.SH || tx % g.SW) return 0.0f;
-        const int oz = tz / g.SD, oy = ty / g.SH, ox = tx / g.SW;
-        if (oz >= g.Do || oy >= g.Ho || ox >= g.Wo) return 0.0f;
+        if (tz < 0 || ty < 0 || tx < 0) return 0.0f;
+        const int oz = fdivmod(tz, g.dSD, rz), oy = fdivmod(ty, g.dSH, ry), ox = fdivmod(tx, g.dSW, rx);
+        if (rz || ry || rx || oz >= g.Do || oy >= g.Ho || ox >= g.Wo) return 0.0f;
         return dy[(((int64_t)nb * g.Co + co) * g.Do + oz) * g.Ho * g.Wo + (int64_t)oy * g.Wo + ox];
     }
     __device__ float load_b(int k, int n) const {
-        return w[((int64_t)(k / g.taps()) * g.Ci + n) * g.taps() + k % g.taps()];
+        int tap;
+        const int co = fdivmod(k, g.dT, tap);
+        return w[((int64_t)co * g.Ci + n) * g.taps() + tap];
     }
     __device__ void store(int, int m, int n, float v) const {
-        const int i = m % g.in_voxels(), nb = m / g.in_voxels();
+        int i;
+        const int nb = fdivmod(m, g.dSi, i);
         bool second;
         const int64_t at = cat_offset(g, nb, n, g.in_voxels(), second) + i;
         (second ? dx2 : dx)[at] = v + (b ? b[n] : 0.0f);
@@ -236,7 +250,7 @@ struct ConvDataPass {
 };
 
 struct ConvWeightPass {
-    ConvGeom g;
+    const ConvGeom& g;
     const float *dy, *x, *x2;
     float* part;   // (slices, Co, Ci*T): dw itself when there is one slice
     static constexpr bool a_along_k = true;
@@ -244,7 +258,9 @@ struct ConvWeightPass {
     __device__ int Nn() const { return g.Ci * g.taps(); }
     __device__ int K() const { return g.N * g.out_voxels(); }
     __device__ float load_a(int m, int k) const {
-        return dy[((int64_t)(k / g.out_voxels()) * g.Co + m) * g.out_voxels() + k % g.out_voxels()];
+        int o;
+        const int nb = fdivmod(k, g.dSo, o);
+        return dy[((int64_t)nb * g.Co + m) * g.out_voxels() + o];
     }
     __device__ float load_b(int k, int n) const { return im2col(g, x, x2, k, n); }
     __device__ void store(int z, int m, int n, float v) const { part[((int64_t)z * M() + m) * Nn() + n] = v; }
@@ -371,9 +387,18 @@ __device__ __forceinline__ void conv_gemm(const Pass& p, int k_slice) {
             }
 }
 
-__device__ __forceinline__ ConvGeom conv_geom(CUNET_CONV_DIMS, int64_t C1) {
-    return ConvGeom{(int)N,  (int)Ci, (int)Co, (int)D,  (int)H,  (int)W,  (int)Do, (int)Ho, (int)Wo, (int)KD, (int)KH,
-                    (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW, (int)C1};
+// Thread 0 fills the block's shared geometry; every thread waits for it.
+__device__ __forceinline__ void share_geom(ConvGeom& g, CUNET_CONV_DIMS, int64_t C1) {
+    if (threadIdx.x == 0) {
+        g = ConvGeom{(int)N,  (int)Ci, (int)Co, (int)D,  (int)H,  (int)W,  (int)Do, (int)Ho, (int)Wo, (int)KD, (int)KH,
+                     (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW, (int)C1};
+        g.dW = make_fastdiv(g.W), g.dH = make_fastdiv(g.H), g.dD = make_fastdiv(g.D);
+        g.dWo = make_fastdiv(g.Wo), g.dHo = make_fastdiv(g.Ho), g.dDo = make_fastdiv(g.Do);
+        g.dKW = make_fastdiv(g.KW), g.dKH = make_fastdiv(g.KH), g.dKD = make_fastdiv(g.KD);
+        g.dSW = make_fastdiv(g.SW), g.dSH = make_fastdiv(g.SH), g.dSD = make_fastdiv(g.SD);
+        g.dT = make_fastdiv(g.taps()), g.dSi = make_fastdiv(g.in_voxels()), g.dSo = make_fastdiv(g.out_voxels());
+    }
+    __syncthreads();
 }
 
 }  // namespace cunet
@@ -387,19 +412,25 @@ __device__ __forceinline__ ConvGeom conv_geom(CUNET_CONV_DIMS, int64_t C1) {
     extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_forward_##suffix(     \
         CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ x, const float* __restrict__ x2,                    \
         const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ y, int64_t relu) {           \
-        const cunet::ConvFwdPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), x, x2, w, b, y, (int)relu};             \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvFwdPass p{g, x, x2, w, b, y, (int)relu};                                                  \
         cunet::conv_gemm<prec>(p, p.K());                                                                          \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_data_##suffix( \
         CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ w,                    \
         const float* __restrict__ b, float* __restrict__ dx, float* __restrict__ dx2) {                            \
-        const cunet::ConvDataPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), dy, w, b, dx, dx2};                    \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvDataPass p{g, dy, w, b, dx, dx2};                                                         \
         cunet::conv_gemm<prec>(p, p.K());                                                                          \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_weight_##suffix( \
         CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ x,                    \
         const float* __restrict__ x2, float* __restrict__ part, int64_t k_slice) {                                 \
-        const cunet::ConvWeightPass p{cunet::conv_geom(CUNET_CONV_ARGS, C1), dy, x, x2, part};                    \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvWeightPass p{g, dy, x, x2, part};                                                         \
         cunet::conv_gemm<prec>(p, (int)k_slice);                                                                   \
     }
 CUNET_CONV_TILED(fp32, 0)

@@ -308,6 +308,32 @@ __device__ __forceinline__ float neg_inf() {
 #endif
 }
 
+// n / d and n % d for 0 <= n < 2^31 by a divisor d >= 1 fixed for a kernel: a multiply-high,
+// an add and a shift (Granlund & Montgomery: l = ceil(log2 d), mul = 2^32 (2^l - d) / d + 1)
+// instead of a ~20-instruction integer division. A plain struct: it may live in __shared__.
+struct FastDiv {
+    uint32_t d, mul, shift;
+};
+__host__ __device__ inline FastDiv make_fastdiv(int d) {
+    uint32_t l = 0;
+    while ((uint64_t(1) << l) < (uint64_t)d) ++l;
+    return FastDiv{(uint32_t)d, (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d + 1), l};
+}
+__device__ __forceinline__ int fdiv(int n, const FastDiv& f) {
+#if defined(CUNET_GPU)
+    const uint32_t hi = __umulhi((uint32_t)n, f.mul);
+#else
+    const uint32_t hi = (uint32_t)(((uint64_t)(uint32_t)n * f.mul) >> 32);
+#endif
+    return (int)((hi + (uint32_t)n) >> f.shift);
+}
+// n = q*d + rem: returns q
+__device__ __forceinline__ int fdivmod(int n, const FastDiv& f, int& rem) {
+    const int q = fdiv(n, f);
+    rem = n - q * (int)f.d;
+    return q;
+}
+
 // [begin, end) of this block's share of n items split into gridDim.x contiguous chunks.
 __device__ __forceinline__ void block_range(int64_t n, int64_t& begin, int64_t& end) {
     const int64_t chunk = (n + gridDim.x - 1) / gridDim.x;
