@@ -24,6 +24,7 @@
 //   mma_16x8<K>(d, a, b)       warp-wide tensor-core mma (K = 8: tf32, 16: bf16), fragment
 //                              layout mma_{a,b,c}_{row,col}; f32_to_tf32, pack_bf16x2 (host:
 //                              emulated through the warp's fibers, same layout, same rounding)
+//   make_fastdiv, fdiv, fdivmod  division by a per-kernel constant without integer division
 //   CUNET_LAUNCH(kernel, grid, block, stream, args...)   launcher side, not under NVRTC
 #pragma once
 
@@ -340,7 +341,6 @@ __device__ __forceinline__ void block_range(int64_t n, int64_t& begin, int64_t& 
     begin = (int64_t)blockIdx.x * chunk;
     end = begin + chunk < n ? begin + chunk : n;
 }
-
 
 // ---------------------------------------------------------------- tensor-core primitives
 // Warp-wide D (16x8, fp32) += A (16xK) * B (Kx8): mma.sync m16n8k8 with tf32 operands

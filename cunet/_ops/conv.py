@@ -6,6 +6,8 @@ the tiled implicit-GEMM kernels <pass>_<precision> (64 x 64 tiles of 128 threads
 x2 (conv_forward, conv_backward): channels concatenated after x's, read in place by the
 tiled kernels (the host CPU variants copy them together first)."""
 
+from math import prod
+
 from cunet import _check
 from cunet._ops.core import coop, empty, f32_all, is_cupy, loop, lift, native, ncs, register, run, set_host_variants  # noqa: F401
 from cunet.reference import (_precision_arg, _conv_args, _conv_backward_args, _conv_transpose_args,
@@ -25,13 +27,6 @@ def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
             *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1))
 
 
-def _prod(v):
-    p = 1
-    for a in v:
-        p *= int(a)
-    return p
-
-
 def _tiles(m, nn):
     return -(-m // TILE) * -(-nn // TILE)
 
@@ -42,7 +37,7 @@ def _tiles(m, nn):
 def _forward(dims, c1, x, x2, w, b, y, relu, precision):
     if not is_cupy(x):
         return run("conv_forward", None, *dims, c1, x, x2, w, b, y, PRECISION_CODE[precision], relu)
-    n, co, so = dims[0], dims[2], _prod(dims[6:9])
+    n, co, so = dims[0], dims[2], prod(dims[6:9])
     if y.size:
         run(f"conv_forward_{precision}", (_tiles(n * so, co), TILE_THREADS), *dims, c1, x, x2, w, b, y, relu)
 
@@ -50,7 +45,7 @@ def _forward(dims, c1, x, x2, w, b, y, relu, precision):
 def _data(dims, c1, dy, w, b, dx, dx2, precision):
     if not is_cupy(dy):
         return run("conv_backward_data", None, *dims, c1, dy, w, b, dx, dx2, PRECISION_CODE[precision])
-    n, ci, si = dims[0], dims[1], _prod(dims[3:6])
+    n, ci, si = dims[0], dims[1], prod(dims[3:6])
     if n * ci * si:
         run(f"conv_backward_data_{precision}", (_tiles(n * si, ci), TILE_THREADS), *dims, c1, dy, w, b, dx, dx2)
 
@@ -58,7 +53,7 @@ def _data(dims, c1, dy, w, b, dx, dx2, precision):
 def _weight(dims, c1, dy, x, x2, dw, precision):
     if not is_cupy(dy):
         return run("conv_backward_weight", None, *dims, c1, dy, x, x2, dw, PRECISION_CODE[precision])
-    m, nn, k = dims[2], dims[1] * _prod(dims[9:12]), dims[0] * _prod(dims[6:9])
+    m, nn, k = dims[2], dims[1] * prod(dims[9:12]), dims[0] * prod(dims[6:9])
     if dw.size == 0:
         return
     k_slice = native().conv_wgrad_slice(m, nn, k)
