@@ -99,6 +99,21 @@ def round_operand(a, precision):
     return np.where(finite, r, u).view(np.float32).astype(a.dtype).reshape(a.shape)
 
 
+def _x2_args(x, x2):
+    """x2 (N, C2, *S): channels that follow x's (N, C1, *S), a UNet skip concatenation the
+    kernels read in place. -> a zero-copy stand-in of the concatenated (N, C1 + C2, *S) array
+    for the shape and dtype checks."""
+    _check.image("x", x)
+    _check.image("x2", x2)
+    _check.same_dtype("x2", x2, "x", x)
+    _check.same_device("x2", x2, "x", x)
+    if x2.shape[0] != x.shape[0] or tuple(x2.shape[2:]) != tuple(x.shape[2:]):
+        want = ", ".join(map(str, (x.shape[0], "C2") + tuple(x.shape[2:])))
+        raise ValueError(f"x2: expected shape ({want}) (the batch and spatial size of x), got {tuple(x2.shape)}")
+    xp = _check.xp_of(x)
+    return xp.broadcast_to(xp.zeros((), x.dtype), (x.shape[0], x.shape[1] + x2.shape[1]) + tuple(x.shape[2:]))
+
+
 def _conv_backward_args(dy, x, w, stride, padding, dilation):
     stride, padding, dilation, out = _conv_args(x, w, None, stride, padding, dilation)
     _dy_args(dy, (x.shape[0], w.shape[0]) + out, x)
@@ -232,9 +247,13 @@ def _contract(a, b):
     return np.tensordot(a, b, axes=(axes, axes))
 
 
-def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, precision="fp32"):
+def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, precision="fp32", x2=None):
     """y[n, co, o] = b[co] + sum_{ci, k} w[co, ci, k] * x[n, ci, o*stride - padding + k*dilation];
-    relu=True: max(y, 0) (the fused epilogue). x and w enter as round_operand(., precision)."""
+    relu=True: max(y, 0) (the fused epilogue). x and w enter as round_operand(., precision).
+    x2: more input channels, after x's (the conv of the concatenation [x, x2])."""
+    if x2 is not None:
+        _x2_args(x, x2)
+        x = np.concatenate([x, x2], axis=1)
     stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
     x, w = round_operand(x, _precision_arg(precision)), round_operand(w, precision)
     xp = _pad(x, padding)
@@ -248,9 +267,14 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
     return np.maximum(y, 0) if relu else y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32"):
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None):
     """-> (dx, dw, db): every tap scatters dy back through the window it read.
-    dy, x and w enter the products as round_operand(., precision); db sums dy unrounded."""
+    dy, x and w enter the products as round_operand(., precision); db sums dy unrounded.
+    With x2 (see conv_forward): -> (dx, dx2, dw, db), the input gradient split as the inputs."""
+    if x2 is not None:
+        _x2_args(x, x2)
+        dx, dw, db = conv_backward(dy, np.concatenate([x, x2], axis=1), w, stride, padding, dilation, precision)
+        return dx[:, :x.shape[1]], dx[:, x.shape[1]:], dw, db
     stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
     db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
     _precision_arg(precision)

@@ -7,15 +7,19 @@
 // (cunet/_ops/conv.py): its forward is conv_backward_data, its input gradient
 // conv_forward, its weight gradient conv_backward_weight with x and dy exchanged.
 //
-// Entry points:
-//   conv_forward(DIMS, x, w, b, y)             loop over y          y = conv(x, w) + b
+// Entry points (portable direct kernels):
+//   conv_forward(DIMS, x, w, b, y, relu)       loop over y          y = conv(x, w) + b, max(., 0) if relu
 //   conv_backward_data(DIMS, dy, w, b, dx)     loop over dx         gather, no atomics; + b[ci] if b
 //   conv_backward_weight(DIMS, dy, x, dw)      coop, grid Co*Ci*KD*KH*KW, one weight per block
 //   channel_sum(N, C, S, x, out)               coop, grid C          out[c] = sum over n, s of x
+// Tiled implicit-GEMM kernels (what the GPU runs), <p> = fp32 | tf32 | bf16:
+//   conv_forward_<p>, conv_backward_data_<p>, conv_backward_weight_<p>, conv_sum_slices
+//   (see "tiled implicit-GEMM kernels" below for their arguments and grid).
 //
-// Host build: the launchers of the three conv kernels run the register-blocked CPU
-// variants of the "host variants" section instead, unless host_variants() is false
-// (set_host_variants(False) in Python): then the portable kernels run, as on the GPU.
+// Launchers: the GPU build runs the tiled kernels. The host build runs the register-blocked
+// CPU variants of the "host variants" section, or the portable kernels when host_variants()
+// is false (set_host_variants(False) in Python); with emulate_blocks() on it runs the tiled
+// kernels through the block emulation (set_emulate_blocks(True): how tests execute them).
 #pragma once
 #include "portable.cuh"
 
@@ -30,7 +34,7 @@
 // One output voxel per iteration: sum over input channels and taps inside the image.
 extern "C" __global__ void conv_forward(CUNET_CONV_DIMS, const float* __restrict__ x,
                                         const float* __restrict__ w, const float* __restrict__ b,
-                                        float* __restrict__ y) {
+                                        float* __restrict__ y, int64_t relu) {
     CUNET_LOOP(i, N * Co * Do * Ho * Wo) {
         const int64_t ox = i % Wo, oy = (i / Wo) % Ho, oz = (i / (Wo * Ho)) % Do;
         const int64_t co = (i / (Wo * Ho * Do)) % Co, n = i / (Wo * Ho * Do * Co);
@@ -52,7 +56,7 @@ extern "C" __global__ void conv_forward(CUNET_CONV_DIMS, const float* __restrict
                 }
             }
         }
-        y[i] = acc;
+        y[i] = relu && acc < 0.0f ? 0.0f : acc;   // NaN passes, as np.maximum
     }
 }
 
@@ -116,6 +120,332 @@ extern "C" __global__ void channel_sum(int64_t N, int64_t C, int64_t S, const fl
     }
     acc = cunet::block_sum(acc);
     if (threadIdx.x == 0) out[c] = (float)acc;
+}
+
+// ---- tiled implicit-GEMM kernels
+// Each pass is a GEMM C (M x Nn) = A (M x K) * B (K x Nn) whose operands are gathered from
+// the tensors as they are loaded (implicit GEMM; T = KD*KH*KW taps, tap = (kz*KH + ky)*KW + kx):
+//   pass             M            Nn      K            A(m, k)               B(k, n)              C(m, n)
+//   forward          N*Do*Ho*Wo   Co      Ci*T         x at (voxel m, ci,tap) w[n, k]              y[nb, n, o] (+b, relu)
+//   data gradient    N*D*H*W      Ci      Co*T         dy gathered at m       w[co, n, tap]        dx[nb, n, i] (+b)
+//   weight gradient  Co           Ci*T    N*Do*Ho*Wo   dy[nb, m, o]           x at (voxel k, ci,tap) dw[m, n]
+// Concat read in place: x may arrive as two tensors, x (N, C1, ...) and x2 (N, Ci - C1, ...),
+// the channels of a UNet skip concatenation; the im2col loads pick the tensor by channel and
+// the data gradient stores channels >= C1 to dx2. Without x2, C1 = Ci.
+// Out-of-image taps, and rows / columns / k past the GEMM's edges, load as zeros, so any
+// channel count, stride, padding and dilation works (the strided data gradient gathers
+// dy only where (i + P - k*Dil) / S is exact: the other taps are zeros of A, computed).
+//
+// Tiling: a block of kThreads = 128 threads (4 warps as 2 x 2) computes a kTM x kTN =
+// 64 x 64 tile of C; each warp a 32 x 32 tile = 2 x 4 mma tiles of 16 x 8, held as
+// acc[2][4][4] in the C fragment layout of portable.cuh. K advances in steps of kTK = 16
+// through fp32 shared-memory tiles As[k][m], Bs[k][n], two of each: the next step's global
+// loads wait in registers while this step computes, so one __syncthreads per step.
+// Precision: tf32 / bf16 round the operands as their fragments leave shared memory
+// (2 x m16n8k8 or 1 x m16n8k16 per step and tile); fp32 computes the same fragment
+// positions with FFMA. Loader, tiling and epilogue are shared by the three precisions.
+// The weight gradient's K (N * output voxels) is long and its tile grid small: K is split
+// into slices (blockIdx), each writing its partial tile to slice z of a workspace that
+// conv_sum_slices adds in slice order (deterministic, no atomics).
+// Block index: one dimension, n-tile fastest, then m-tile, then the K slice.
+namespace cunet {
+
+constexpr int kTM = 64, kTN = 64, kTK = 16, kThreads = 128;
+// blocks per SM asked of ptxas: caps registers at 128/thread (without it ptxas picked 96
+// and spilled a few bytes in two kernels)
+constexpr int kMinBlocks = 4;
+constexpr int kLd = kTM + 8;   // padded row: fragment loads (rows g, columns t) hit 32 banks
+
+// The conv geometry in 32-bit ints (the launchers check that M, Nn and K fit), with the
+// divisors of the index decompositions as FastDiv. One copy per block, in shared memory,
+// filled by thread 0 (share_geom): the divisors' magic numbers are computed once.
+struct ConvGeom {
+    int N, Ci, Co, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW;
+    int C1;   // channels [0, C1) in the first tensor, [C1, Ci) in the second (x2 / dx2)
+    FastDiv dW, dH, dD, dWo, dHo, dDo, dKW, dKH, dKD, dSW, dSH, dSD, dT, dSi, dSo;
+    __device__ int taps() const { return KD * KH * KW; }
+    __device__ int out_voxels() const { return Do * Ho * Wo; }
+    __device__ int in_voxels() const { return D * H * W; }
+};
+
+// n = ((rest*C + c)*B + b)*A + a, with 0 <= a < A etc. -> a, b, c; returns rest. Splits a
+// voxel index into (x, y, z, batch) or a GEMM column into (kx, ky, kz, channel).
+__device__ __forceinline__ int split3(int n, const FastDiv& A, const FastDiv& B, const FastDiv& C, int& a, int& b,
+                                      int& c) {
+    return fdivmod(fdivmod(fdivmod(n, A, a), B, b), C, c);
+}
+
+// Channel c of a voxel of the concat (x, x2): the offset of (nb, c) in x (N, C1, S) or x2
+// (N, Ci - C1, S), and which of the two holds it.
+__device__ __forceinline__ int64_t cat_offset(const ConvGeom& g, int nb, int c, int64_t S, bool& second) {
+    second = c >= g.C1;
+    return second ? ((int64_t)nb * (g.Ci - g.C1) + c - g.C1) * S : ((int64_t)nb * g.C1 + c) * S;
+}
+
+// x at row p (output voxel: nb, oz, oy, ox) and column r (ci, tap) of the im2col matrix:
+// the forward's A and the weight gradient's B. Zero outside the image.
+__device__ __forceinline__ float im2col(const ConvGeom& g, const float* __restrict__ x, const float* __restrict__ x2,
+                                        int p, int r) {
+    int ox, oy, oz, kx, ky, kz;
+    const int nb = split3(p, g.dWo, g.dHo, g.dDo, ox, oy, oz), ci = split3(r, g.dKW, g.dKH, g.dKD, kx, ky, kz);
+    const int iz = oz * g.SD - g.PD + kz * g.DD, iy = oy * g.SH - g.PH + ky * g.DH, ix = ox * g.SW - g.PW + kx * g.DW;
+    if (iz < 0 || iz >= g.D || iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return 0.0f;
+    bool second;
+    const int64_t at = cat_offset(g, nb, ci, g.in_voxels(), second) + ((int64_t)iz * g.H + iy) * g.W + ix;
+    return second ? x2[at] : x[at];
+}
+
+// A pass: sizes, the element loaders and the store of C. a_along_k: the A loader's lanes
+// run along k (consecutive addresses there) instead of along m. B's run along k in every pass.
+struct ConvFwdPass {
+    const ConvGeom& g;
+    const float *x, *x2, *w, *b;
+    float* y;
+    int relu;
+    static constexpr bool a_along_k = false;
+    __device__ int M() const { return g.N * g.out_voxels(); }
+    __device__ int Nn() const { return g.Co; }
+    __device__ int K() const { return g.Ci * g.taps(); }
+    __device__ float load_a(int m, int k) const { return im2col(g, x, x2, m, k); }
+    __device__ float load_b(int k, int n) const { return w[(int64_t)n * K() + k]; }
+    __device__ void store(int, int m, int n, float v) const {
+        v += b ? b[n] : 0.0f;
+        if (relu && v < 0.0f) v = 0.0f;   // NaN passes, as np.maximum
+        int o;
+        const int nb = fdivmod(m, g.dSo, o);
+        y[((int64_t)nb * g.Co + n) * g.out_voxels() + o] = v;
+    }
+};
+
+struct ConvDataPass {
+    const ConvGeom& g;
+    const float *dy, *w, *b;
+    float *dx, *dx2;
+    static constexpr bool a_along_k = false;
+    __device__ int M() const { return g.N * g.in_voxels(); }
+    __device__ int Nn() const { return g.Ci; }
+    __device__ int K() const { return g.Co * g.taps(); }
+    // dy at the output that tap k read input voxel m from: o = (i + P - k*Dil) / S, if exact
+    __device__ float load_a(int m, int k) const {
+        int ix, iy, iz, kx, ky, kz, rz, ry, rx;
+        const int nb = split3(m, g.dW, g.dH, g.dD, ix, iy, iz), co = split3(k, g.dKW, g.dKH, g.dKD, kx, ky, kz);
+        const int tz = iz + g.PD - kz * g.DD, ty = iy + g.PH - ky * g.DH, tx = ix + g.PW - kx * g.DW;
+        if (tz < 0 || ty < 0 || tx < 0) return 0.0f;
+        const int oz = fdivmod(tz, g.dSD, rz), oy = fdivmod(ty, g.dSH, ry), ox = fdivmod(tx, g.dSW, rx);
+        if (rz || ry || rx || oz >= g.Do || oy >= g.Ho || ox >= g.Wo) return 0.0f;
+        return dy[(((int64_t)nb * g.Co + co) * g.Do + oz) * g.Ho * g.Wo + (int64_t)oy * g.Wo + ox];
+    }
+    __device__ float load_b(int k, int n) const {
+        int tap;
+        const int co = fdivmod(k, g.dT, tap);
+        return w[((int64_t)co * g.Ci + n) * g.taps() + tap];
+    }
+    __device__ void store(int, int m, int n, float v) const {
+        int i;
+        const int nb = fdivmod(m, g.dSi, i);
+        bool second;
+        const int64_t at = cat_offset(g, nb, n, g.in_voxels(), second) + i;
+        (second ? dx2 : dx)[at] = v + (b ? b[n] : 0.0f);
+    }
+};
+
+struct ConvWeightPass {
+    const ConvGeom& g;
+    const float *dy, *x, *x2;
+    float* part;   // (slices, Co, Ci*T): dw itself when there is one slice
+    static constexpr bool a_along_k = true;
+    __device__ int M() const { return g.Co; }
+    __device__ int Nn() const { return g.Ci * g.taps(); }
+    __device__ int K() const { return g.N * g.out_voxels(); }
+    __device__ float load_a(int m, int k) const {
+        int o;
+        const int nb = fdivmod(k, g.dSo, o);
+        return dy[((int64_t)nb * g.Co + m) * g.out_voxels() + o];
+    }
+    __device__ float load_b(int k, int n) const { return im2col(g, x, x2, k, n); }
+    __device__ void store(int z, int m, int n, float v) const { part[((int64_t)z * M() + m) * Nn() + n] = v; }
+};
+
+// Element i (< 8) of this thread's share of a kTK x 64 operand tile: (k, r), with lanes
+// along r (128 threads = 2 k-rows of 64) or along k (8 r-rows of 16).
+__device__ __forceinline__ void tile_slot(int tid, int i, bool along_k, int& k, int& r) {
+    if (along_k) k = tid % kTK, r = tid / kTK + (kThreads / kTK) * i;
+    else r = tid % kTM, k = tid / kTM + (kThreads / kTM) * i;
+}
+
+// Fragment registers of A (rows r0.., k from k0) or B (columns c0..) from a shared tile
+// stored [k][row]: K = 8 tf32, K = 16 bf16 pairs, through portable.cuh's layout.
+template <int K>
+__device__ __forceinline__ void load_frag_a(const float (*t)[kLd], int k0, int r0, int lane, uint32_t a[4]) {
+    CUNET_UNROLL
+    for (int reg = 0; reg < 4; ++reg) {
+        if (K == 8) {
+            a[reg] = f32_to_tf32(t[k0 + mma_a_col<8>(lane, reg)][r0 + mma_a_row<8>(lane, reg)]);
+        } else {
+            const int e = 2 * reg;
+            a[reg] = pack_bf16x2(t[k0 + mma_a_col<16>(lane, e)][r0 + mma_a_row<16>(lane, e)],
+                                 t[k0 + mma_a_col<16>(lane, e + 1)][r0 + mma_a_row<16>(lane, e + 1)]);
+        }
+    }
+}
+template <int K>
+__device__ __forceinline__ void load_frag_b(const float (*t)[kLd], int k0, int c0, int lane, uint32_t b[2]) {
+    const int c = c0 + mma_b_col(lane);
+    CUNET_UNROLL
+    for (int reg = 0; reg < 2; ++reg) {
+        if (K == 8) b[reg] = f32_to_tf32(t[k0 + mma_b_row<8>(lane, reg)][c]);
+        else b[reg] = pack_bf16x2(t[k0 + mma_b_row<16>(lane, 2 * reg)][c], t[k0 + mma_b_row<16>(lane, 2 * reg + 1)][c]);
+    }
+}
+
+// One K step of a warp's 32 x 32 tile at (wm, wn). PREC 0: fp32 FFMA, 1: tf32, 2: bf16.
+template <int PREC>
+__device__ __forceinline__ void warp_step(const float (*As)[kLd], const float (*Bs)[kLd], int wm, int wn, int lane,
+                                          float acc[2][4][4]) {
+    if (PREC == 0) {
+        CUNET_UNROLL
+        for (int k = 0; k < kTK; ++k)
+            CUNET_UNROLL
+            for (int i = 0; i < 2; ++i)
+                CUNET_UNROLL
+                for (int j = 0; j < 4; ++j)
+                    CUNET_UNROLL
+                    for (int e = 0; e < 4; ++e)
+                        acc[i][j][e] += As[k][wm + 16 * i + mma_c_row(lane, e)] * Bs[k][wn + 8 * j + mma_c_col(lane, e)];
+        return;
+    }
+    constexpr int K = PREC == 1 ? 8 : 16;
+    CUNET_UNROLL
+    for (int k0 = 0; k0 < kTK; k0 += K) {
+        uint32_t a[2][4], b[4][2];
+        CUNET_UNROLL
+        for (int i = 0; i < 2; ++i) load_frag_a<K>(As, k0, wm + 16 * i, lane, a[i]);
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j) load_frag_b<K>(Bs, k0, wn + 8 * j, lane, b[j]);
+        CUNET_UNROLL
+        for (int i = 0; i < 2; ++i)
+            CUNET_UNROLL
+            for (int j = 0; j < 4; ++j) mma_16x8<K>(acc[i][j], a[i], b[j]);
+    }
+}
+
+// The block's C tile over K in [z*k_slice, (z+1)*k_slice). blockDim.x must be kThreads.
+template <int PREC, class Pass>
+__device__ __forceinline__ void conv_gemm(const Pass& p, int k_slice) {
+    __shared__ float As[2][kTK][kLd], Bs[2][kTK][kLd];
+    const int M = p.M(), Nn = p.Nn(), K = p.K();
+    const int tiles_n = (Nn + kTN - 1) / kTN, tiles_m = (M + kTM - 1) / kTM;
+    const int tn = blockIdx.x % tiles_n, tm = (blockIdx.x / tiles_n) % tiles_m, z = blockIdx.x / (tiles_n * tiles_m);
+    const int m0 = tm * kTM, n0 = tn * kTN, kb = z * k_slice, ke = kb + k_slice < K ? kb + k_slice : K;
+    const int tid = threadIdx.x, lane = tid & 31, wm = (tid >> 6) * 32, wn = ((tid >> 5) & 1) * 32;
+    float acc[2][4][4];
+    CUNET_UNROLL
+    for (int i = 0; i < 2; ++i)
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j)
+            CUNET_UNROLL
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    float ra[8], rb[8];   // this thread's share of the next step's A and B tiles
+    auto fetch = [&](int k0) {
+        CUNET_UNROLL
+        for (int i = 0; i < 8; ++i) {
+            int k, r;
+            tile_slot(tid, i, Pass::a_along_k, k, r);
+            ra[i] = m0 + r < M && k0 + k < ke ? p.load_a(m0 + r, k0 + k) : 0.0f;
+            tile_slot(tid, i, true, k, r);
+            rb[i] = n0 + r < Nn && k0 + k < ke ? p.load_b(k0 + k, n0 + r) : 0.0f;
+        }
+    };
+    auto stage = [&](int buf) {
+        CUNET_UNROLL
+        for (int i = 0; i < 8; ++i) {
+            int k, r;
+            tile_slot(tid, i, Pass::a_along_k, k, r);
+            As[buf][k][r] = ra[i];
+            tile_slot(tid, i, true, k, r);
+            Bs[buf][k][r] = rb[i];
+        }
+    };
+    fetch(kb);
+    stage(0);
+    __syncthreads();
+    for (int k0 = kb, buf = 0; k0 < ke; k0 += kTK, buf ^= 1) {
+        const bool more = k0 + kTK < ke;
+        if (more) fetch(k0 + kTK);
+        warp_step<PREC>(As[buf], Bs[buf], wm, wn, lane, acc);
+        if (more) stage(buf ^ 1);   // buf ^ 1 was last read before the previous step's barrier
+        __syncthreads();
+    }
+    CUNET_UNROLL
+    for (int i = 0; i < 2; ++i)
+        CUNET_UNROLL
+        for (int j = 0; j < 4; ++j)
+            CUNET_UNROLL
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + wm + 16 * i + mma_c_row(lane, e), n = n0 + wn + 8 * j + mma_c_col(lane, e);
+                if (m < M && n < Nn) p.store(z, m, n, acc[i][j][e]);
+            }
+}
+
+// Thread 0 fills the block's shared geometry; every thread waits for it.
+__device__ __forceinline__ void share_geom(ConvGeom& g, CUNET_CONV_DIMS, int64_t C1) {
+    if (threadIdx.x == 0) {
+        g = ConvGeom{(int)N,  (int)Ci, (int)Co, (int)D,  (int)H,  (int)W,  (int)Do, (int)Ho, (int)Wo, (int)KD, (int)KH,
+                     (int)KW, (int)SD, (int)SH, (int)SW, (int)PD, (int)PH, (int)PW, (int)DD, (int)DH, (int)DW, (int)C1};
+        g.dW = make_fastdiv(g.W), g.dH = make_fastdiv(g.H), g.dD = make_fastdiv(g.D);
+        g.dWo = make_fastdiv(g.Wo), g.dHo = make_fastdiv(g.Ho), g.dDo = make_fastdiv(g.Do);
+        g.dKW = make_fastdiv(g.KW), g.dKH = make_fastdiv(g.KH), g.dKD = make_fastdiv(g.KD);
+        g.dSW = make_fastdiv(g.SW), g.dSH = make_fastdiv(g.SH), g.dSD = make_fastdiv(g.SD);
+        g.dT = make_fastdiv(g.taps()), g.dSi = make_fastdiv(g.in_voxels()), g.dSo = make_fastdiv(g.out_voxels());
+    }
+    __syncthreads();
+}
+
+}  // namespace cunet
+
+// One kernel per (pass, precision), looked up by name by the CuPy path:
+//   conv_forward_<p>(DIMS, C1, x, x2, w, b, y, relu)        grid tiles_m * tiles_n, K = Ci*T in one slice
+//   conv_backward_data_<p>(DIMS, C1, dy, w, b, dx, dx2)     grid tiles_m * tiles_n
+//   conv_backward_weight_<p>(DIMS, C1, dy, x, x2, part, k_slice)   grid tiles_m * tiles_n * slices
+// <p> = fp32 | tf32 | bf16; blockDim.x = kThreads. x2 / dx2: channels [C1, Ci) (null if C1 = Ci).
+#define CUNET_CONV_TILED(suffix, prec)                                                                            \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_forward_##suffix(     \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ x, const float* __restrict__ x2,                    \
+        const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ y, int64_t relu) {           \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvFwdPass p{g, x, x2, w, b, y, (int)relu};                                                  \
+        cunet::conv_gemm<prec>(p, p.K());                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_data_##suffix( \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ w,                    \
+        const float* __restrict__ b, float* __restrict__ dx, float* __restrict__ dx2) {                            \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvDataPass p{g, dy, w, b, dx, dx2};                                                         \
+        cunet::conv_gemm<prec>(p, p.K());                                                                          \
+    }                                                                                                              \
+    extern "C" __global__ void __launch_bounds__(cunet::kThreads, cunet::kMinBlocks) conv_backward_weight_##suffix( \
+        CUNET_CONV_DIMS, int64_t C1, const float* __restrict__ dy, const float* __restrict__ x,                    \
+        const float* __restrict__ x2, float* __restrict__ part, int64_t k_slice) {                                 \
+        __shared__ cunet::ConvGeom g;                                                                              \
+        cunet::share_geom(g, CUNET_CONV_ARGS, C1);                                                                 \
+        const cunet::ConvWeightPass p{g, dy, x, x2, part};                                                         \
+        cunet::conv_gemm<prec>(p, (int)k_slice);                                                                   \
+    }
+CUNET_CONV_TILED(fp32, 0)
+CUNET_CONV_TILED(tf32, 1)
+CUNET_CONV_TILED(bf16, 2)
+#undef CUNET_CONV_TILED
+
+// out[i] = sum over z < slices of part[z*n + i], in slice order: the split weight gradient.
+extern "C" __global__ void conv_sum_slices(int64_t n, int64_t slices, const float* __restrict__ part,
+                                           float* __restrict__ out) {
+    CUNET_LOOP(i, n) {
+        float s = 0.0f;
+        for (int64_t z = 0; z < slices; ++z) s += part[z * n + i];
+        out[i] = s;
+    }
 }
 
 // ---- host variants
@@ -472,7 +802,7 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
     return g;
 }
 
-inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y) {
+inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu) {
     if (N * Co * Do * Ho * Wo == 0) return;
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
@@ -489,7 +819,10 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
                 float* dst = y + (((n * Co + c0 + j) * Do + z) * Ho + yy) * Wo + xx;
                 const float* src = tile + j * T + i;
                 const float bias = b ? b[c0 + j] : 0.0f;
-                for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias;
+                if (relu)
+                    for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias < 0.0f ? 0.0f : src[u] + bias;
+                else
+                    for (int64_t u = 0; u < m; ++u) dst[u] = src[u] + bias;
             }
         });
     });
@@ -581,29 +914,142 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
 #endif
 
 // ---- launchers
+// precision: 0 fp32, 1 tf32, 2 bf16 (the GEMM operands). GPU build: the tiled kernels.
+// Host build: the CPU variants (or, with host_variants() off, the portable kernels), in
+// fp32 whatever the precision; with emulate_blocks() on, the tiled kernels with their GPU
+// block size through the block emulation, in the requested precision (how tests run them).
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
 
-inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, Stream s = 0) {
+// Blocks of a tiled launch: tiles of C; the GEMM sizes must fit the kernels' 32-bit indices.
+inline unsigned conv_tiles(int64_t M, int64_t Nn, int64_t K) {
+    const int64_t lim = int64_t(1) << 31;
+    if (M >= lim || Nn >= lim || K >= lim)
+        throw std::invalid_argument("cunet conv: GEMM sizes " + std::to_string(M) + " x " + std::to_string(Nn) + " x " +
+                                    std::to_string(K) + " exceed the tiled kernels' 32-bit indices");
+    return (unsigned)(((M + kTM - 1) / kTM) * ((Nn + kTN - 1) / kTN));
+}
+
+// Weight-gradient K per slice (a multiple of kTK): slices until about 256 blocks run, each
+// slice at least 8 K steps. cunet/_ops/conv.py asks for it through the binding.
+inline int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K) {
+    const int64_t tiles = ((M + kTM - 1) / kTM) * ((Nn + kTN - 1) / kTN), steps = (K + kTK - 1) / kTK;
+    const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((256 + tiles - 1) / tiles, steps / 8));
+    return std::max<int64_t>(1, (steps + slices - 1) / slices) * kTK;
+}
+
+inline void conv_check_precision(int precision) {
+    if (precision < 0 || precision > 2)
+        throw std::invalid_argument("cunet conv: precision code must be 0 (fp32), 1 (tf32) or 2 (bf16), got " +
+                                    std::to_string(precision));
+}
+
+// Launch kernel_<precision> of a tiled family with kThreads per block.
+#define CUNET_CONV_LAUNCH_TILED(family, precision, grid, s, ...)                                              \
+    do {                                                                                                      \
+        if ((precision) == 1) CUNET_LAUNCH(::family##_tf32, dim3(grid), dim3(kThreads), s, __VA_ARGS__);       \
+        else if ((precision) == 2) CUNET_LAUNCH(::family##_bf16, dim3(grid), dim3(kThreads), s, __VA_ARGS__);  \
+        else CUNET_LAUNCH(::family##_fp32, dim3(grid), dim3(kThreads), s, __VA_ARGS__);                        \
+    } while (0)
+
 #if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y);
+// The host paths without the in-place concat read: (x, x2) copied into one (N, Ci, S) array,
+// and a (N, Ci, S) result split into (dx, dx2). The tiled kernels read and write in place.
+inline std::vector<float> host_concat(int64_t N, int64_t C1, int64_t C2, int64_t S, const float* x, const float* x2) {
+    std::vector<float> out((size_t)(N * (C1 + C2) * S));
+    for (int64_t n = 0; n < N; ++n) {
+        std::copy(x + n * C1 * S, x + (n + 1) * C1 * S, out.data() + n * (C1 + C2) * S);
+        std::copy(x2 + n * C2 * S, x2 + (n + 1) * C2 * S, out.data() + (n * (C1 + C2) + C1) * S);
+    }
+    return out;
+}
+inline void host_split(int64_t N, int64_t C1, int64_t C2, int64_t S, const float* src, float* a, float* b) {
+    for (int64_t n = 0; n < N; ++n) {
+        std::copy(src + n * (C1 + C2) * S, src + (n * (C1 + C2) + C1) * S, a + n * C1 * S);
+        std::copy(src + (n * (C1 + C2) + C1) * S, src + (n + 1) * (C1 + C2) * S, b + n * C2 * S);
+    }
+}
 #endif
-    CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y);
+
+// *_cat: x (or dx) given as two tensors, channels [0, C1) and [C1, Ci) (x2 / dx2; C1 = Ci
+// and null without). The plain launchers are the one-tensor case.
+inline void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const float* x2, const float* w,
+                             const float* b, float* y, int precision = 0, bool relu = false, Stream s = 0) {
+    conv_check_precision(precision);
+    if (N * Co * Do * Ho * Wo == 0) return;
+#if defined(CUNET_HOST)
+    if (!emulate_blocks()) {
+        std::vector<float> cat;
+        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
+        if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu);
+        CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
+        return;
+    }
+#endif
+    const unsigned grid = conv_tiles(N * Do * Ho * Wo, Co, Ci * KD * KH * KW);
+    CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, C1, x, x2, w, b, y, (int64_t)relu);
+}
+inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
+                                   float* dx, float* dx2, int precision = 0, Stream s = 0) {
+    conv_check_precision(precision);
+    if (N * Ci * D * H * W == 0) return;
+#if defined(CUNET_HOST)
+    if (!emulate_blocks()) {
+        std::vector<float> cat(C1 < Ci ? N * Ci * D * H * W : 0);
+        float* out = C1 < Ci ? cat.data() : dx;
+        if (host_variants()) conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, out);
+        else CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, out);
+        if (C1 < Ci) host_split(N, C1, Ci - C1, D * H * W, out, dx, dx2);
+        return;
+    }
+#endif
+    const unsigned grid = conv_tiles(N * D * H * W, Ci, Co * KD * KH * KW);
+    CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2);
+}
+inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
+                                     float* dw, int precision = 0, Stream s = 0) {
+    conv_check_precision(precision);
+    const int64_t M = Co, Nn = Ci * KD * KH * KW, K = N * Do * Ho * Wo;
+    if (M * Nn == 0) return;
+#if defined(CUNET_HOST)
+    if (!emulate_blocks()) {
+        std::vector<float> cat;
+        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
+        if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
+        CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
+        return;
+    }
+#endif
+    const int64_t k_slice = conv_wgrad_slice(M, Nn, K), slices = std::max<int64_t>(1, (K + k_slice - 1) / k_slice);
+    const unsigned grid = conv_tiles(M, Nn, K) * (unsigned)slices;
+    float* part = dw;   // (slices, M, Nn) partial sums when K is split
+#if defined(CUNET_GPU)
+    if (slices > 1 && cudaMallocAsync(reinterpret_cast<void**>(&part), sizeof(float) * slices * M * Nn, s) != cudaSuccess)
+        throw std::runtime_error("cunet conv_backward_weight: cannot allocate the split-K workspace");
+#else
+    std::vector<float> workspace(slices > 1 ? slices * M * Nn : 0);
+    if (slices > 1) part = workspace.data();
+#endif
+    CUNET_CONV_LAUNCH_TILED(conv_backward_weight, precision, grid, s, CUNET_CONV_ARGS, C1, dy, x, x2, part, k_slice);
+    if (slices > 1) CUNET_LAUNCH_LOOP(::conv_sum_slices, M * Nn, s, M * Nn, slices, part, dw);
+#if defined(CUNET_GPU)
+    if (slices > 1) cudaFreeAsync(part, s);
+#endif
+}
+
+inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, int precision = 0,
+                         bool relu = false, Stream s = 0) {
+    conv_forward_cat(CUNET_CONV_ARGS, Ci, x, nullptr, w, b, y, precision, relu, s);
 }
 inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
-                               Stream s = 0) {
-#if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx);
-#endif
-    CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, dx);
+                               int precision = 0, Stream s = 0) {
+    conv_backward_data_cat(CUNET_CONV_ARGS, Ci, dy, w, b, dx, nullptr, precision, s);
 }
-inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, Stream s = 0) {
-#if defined(CUNET_HOST)
-    if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
-#endif
-    CUNET_LAUNCH(::conv_backward_weight, dim3(Co * Ci * KD * KH * KW), dim3(coop_block()), s, CUNET_CONV_ARGS,
-                 dy, x, dw);
+inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, int precision = 0,
+                                 Stream s = 0) {
+    conv_backward_weight_cat(CUNET_CONV_ARGS, Ci, dy, x, nullptr, dw, precision, s);
 }
+#undef CUNET_CONV_LAUNCH_TILED
 inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {
 #if defined(CUNET_HOST)
     if (host_variants()) {   // one thread per channel, rows summed with vector partial sums

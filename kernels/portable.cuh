@@ -21,6 +21,10 @@
 //   CUNET_LOOP(i, n)           grid-stride loop over [0, n)  (host: omp parallel for simd)
 //   block_sum(v)               sum over the block, valid in thread 0 (blockDim.x % 32 == 0 or 1)
 //   atomicAdd, __syncthreads, __shfl_down_sync, __shfl_xor_sync, rsqrtf
+//   mma_16x8<K>(d, a, b)       warp-wide tensor-core mma (K = 8: tf32, 16: bf16), fragment
+//                              layout mma_{a,b,c}_{row,col}; f32_to_tf32, pack_bf16x2 (host:
+//                              emulated through the warp's fibers, same layout, same rounding)
+//   make_fastdiv, fdiv, fdivmod  division by a per-kernel constant without integer division
 //   CUNET_LAUNCH(kernel, grid, block, stream, args...)   launcher side, not under NVRTC
 #pragma once
 
@@ -30,7 +34,9 @@ typedef long long int64_t;
 typedef unsigned long long uint64_t;
 typedef unsigned int uint32_t;
 #elif defined(__CUDACC__)
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 #include <stdexcept>
 #include <string>
 #include <cuda_runtime.h>
@@ -55,6 +61,7 @@ typedef unsigned int uint32_t;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (int64_t)(n); \
          i += (int64_t)blockDim.x * gridDim.x)
 #define CUNET_FULL_MASK 0xffffffffu
+#define CUNET_UNROLL _Pragma("unroll")   // loops over register arrays: unrolled, or they go to local memory
 
 #else
 // ---------------------------------------------------------------- host
@@ -67,6 +74,7 @@ typedef unsigned int uint32_t;
 #define __restrict__ __restrict
 #define __shared__ static thread_local
 #define CUNET_FULL_MASK 0xffffffffu
+#define CUNET_UNROLL _Pragma("GCC unroll 16")
 
 struct dim3 {
     unsigned x, y, z;
@@ -87,6 +95,8 @@ struct Fibers {
     std::vector<State> state;
     std::vector<std::unique_ptr<char[]>> stacks;
     std::vector<uint64_t> exchange;   // one slot per thread for warp shuffles
+    std::vector<uint32_t> words;      // kWords per thread for warp_gather (mma fragments)
+    static constexpr int kWords = 8;
     void (*body)(void*) = nullptr;
     void* arg = nullptr;
     static constexpr size_t stack_bytes = 64 * 1024;
@@ -144,6 +154,7 @@ inline void run_block(int nthreads, void (*body)(void*), void* arg) {
     f.ctx.resize(nthreads);
     f.state.assign(nthreads, Fibers::READY);
     f.exchange.assign(nthreads, 0);
+    f.words.assign((size_t)nthreads * Fibers::kWords, 0);
     while ((int)f.stacks.size() < nthreads) f.stacks.emplace_back(new char[Fibers::stack_bytes]);
     fibers = &f;
     for (int t = 0; t < nthreads; ++t) {
@@ -219,6 +230,19 @@ T shfl(T v, int src_lane_of(int lane, int arg), int arg) {
     return out;
 }
 
+// Every lane of a full warp publishes n <= kWords words; all[l*n + i] = word i of lane l.
+// The emulated tensor-core mma reads the warp's fragments this way.
+inline void warp_gather(const uint32_t* mine, int n, uint32_t* all) {
+    if (!fibers) throw std::logic_error("cunet: a warp-wide mma needs the block emulation (blockDim >= 32)");
+    Fibers& f = *fibers;
+    const int t = f.current, warp0 = t - t % 32;
+    if (f.n - warp0 < 32 || n > Fibers::kWords) throw std::logic_error("cunet: warp_gather needs a full warp");
+    std::memcpy(&f.words[(size_t)t * Fibers::kWords], mine, n * sizeof(uint32_t));
+    wait(Fibers::AT_WARP_BARRIER);
+    for (int l = 0; l < 32; ++l) std::memcpy(all + l * n, &f.words[(size_t)(warp0 + l) * Fibers::kWords], n * sizeof(uint32_t));
+    wait(Fibers::AT_WARP_BARRIER);   // nobody overwrites its words before all have read
+}
+
 inline int lane_down(int lane, int d) { return lane + d < 32 ? lane + d : -1; }
 inline int lane_xor(int lane, int m) { return lane ^ m; }
 
@@ -285,11 +309,148 @@ __device__ __forceinline__ float neg_inf() {
 #endif
 }
 
+// n / d and n % d for 0 <= n < 2^31 by a divisor d >= 1 fixed for a kernel: a multiply-high,
+// an add and a shift (Granlund & Montgomery: l = ceil(log2 d), mul = 2^32 (2^l - d) / d + 1)
+// instead of a ~20-instruction integer division. A plain struct: it may live in __shared__.
+struct FastDiv {
+    uint32_t d, mul, shift;
+};
+__host__ __device__ inline FastDiv make_fastdiv(int d) {
+    uint32_t l = 0;
+    while ((uint64_t(1) << l) < (uint64_t)d) ++l;
+    return FastDiv{(uint32_t)d, (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << l) - d)) / d + 1), l};
+}
+__device__ __forceinline__ int fdiv(int n, const FastDiv& f) {
+#if defined(CUNET_GPU)
+    const uint32_t hi = __umulhi((uint32_t)n, f.mul);
+#else
+    const uint32_t hi = (uint32_t)(((uint64_t)(uint32_t)n * f.mul) >> 32);
+#endif
+    return (int)((hi + (uint32_t)n) >> f.shift);
+}
+// n = q*d + rem: returns q
+__device__ __forceinline__ int fdivmod(int n, const FastDiv& f, int& rem) {
+    const int q = fdiv(n, f);
+    rem = n - q * (int)f.d;
+    return q;
+}
+
 // [begin, end) of this block's share of n items split into gridDim.x contiguous chunks.
 __device__ __forceinline__ void block_range(int64_t n, int64_t& begin, int64_t& end) {
     const int64_t chunk = (n + gridDim.x - 1) / gridDim.x;
     begin = (int64_t)blockIdx.x * chunk;
     end = begin + chunk < n ? begin + chunk : n;
+}
+
+// ---------------------------------------------------------------- tensor-core primitives
+// Warp-wide D (16x8, fp32) += A (16xK) * B (Kx8): mma.sync m16n8k8 with tf32 operands
+// (K = 8) and m16n8k16 with bf16 operands (K = 16), fp32 accumulation. Each lane holds A in
+// 4 and B in 2 32-bit registers (tf32: one value per register; bf16: two, the lower
+// index in the lower half) and C/D in 4 floats. The mma_*_row/col functions below are
+// the ONE statement of the fragment layout (PTX ISA, "matrix fragments for mma.m16n8k8 /
+// mma.m16n8k16"; lane = 4*g + t): kernels load their fragments through them, and the
+// host emulation reassembles the warp's tiles through them, so the CPU tests check the
+// layout the GPU uses.
+//   A element e (< K/2) of a lane at (row, col) = (a_row, a_col); register e*8/K
+//   B element e (< K/4) at (k, n) = (b_row, b_col);               register e*8/K
+//   C/D element e (< 4) at (c_row, c_col)
+// GPU: sm_80 or newer (inline PTX, no mma.h / cuda_bf16.h: NVRTC may lack toolkit headers).
+template <int K> __host__ __device__ __forceinline__ int mma_a_row(int lane, int e) {
+    return (lane >> 2) + 8 * ((K == 8 ? e : e >> 1) & 1);
+}
+template <int K> __host__ __device__ __forceinline__ int mma_a_col(int lane, int e) {
+    return K == 8 ? (lane & 3) + 4 * (e >> 1) : 2 * (lane & 3) + (e & 1) + 8 * (e >> 2);
+}
+template <int K> __host__ __device__ __forceinline__ int mma_b_row(int lane, int e) {
+    return K == 8 ? (lane & 3) + 4 * e : 2 * (lane & 3) + (e & 1) + 8 * (e >> 1);
+}
+__host__ __device__ __forceinline__ int mma_b_col(int lane) { return lane >> 2; }
+__host__ __device__ __forceinline__ int mma_c_row(int lane, int e) { return (lane >> 2) + 8 * (e >> 1); }
+__host__ __device__ __forceinline__ int mma_c_col(int lane, int e) { return 2 * (lane & 3) + (e & 1); }
+
+#if defined(CUNET_HOST)
+__device__ __forceinline__ uint32_t f32_bits(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+__device__ __forceinline__ float bits_f32(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+// float -> bf16 bits, nearest even (NaN -> the canonical 0x7fff), as cvt.rn.bf16.f32
+__device__ __forceinline__ uint32_t bf16_bits(float x) {
+    const uint32_t u = f32_bits(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? 0x7fffu : u >> 16;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+#endif
+
+// float -> tf32 (10 mantissa bits, nearest, ties away from zero), in a 32-bit register
+__device__ __forceinline__ uint32_t f32_to_tf32(float x) {
+#if defined(CUNET_GPU)
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#else
+    const uint32_t u = f32_bits(x);
+    return (u & 0x7f800000u) == 0x7f800000u ? u : (u + 0x1000u) & 0xffffe000u;
+#endif
+}
+
+// two floats -> bf16x2 (nearest even): lo in bits 0-15, hi in bits 16-31
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+#if defined(CUNET_GPU)
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));   // d = {a: upper, b: lower}
+    return r;
+#else
+    return bf16_bits(lo) | bf16_bits(hi) << 16;
+#endif
+}
+
+#if defined(CUNET_HOST)
+namespace host {
+// Value of fragment element e held in register word w.
+template <int K> inline float mma_value(uint32_t w, int e) {
+    return K == 8 ? bits_f32(w) : bits_f32((e & 1 ? w >> 16 : w & 0xffffu) << 16);
+}
+// Each lane gathers the warp's A and B registers, rebuilds the tiles through the layout
+// functions and computes its own four D elements: fp32 sums in k order (the products
+// of tf32 or bf16 values are exact in fp32).
+template <int K> inline void mma_emulate(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    uint32_t all[32 * 6];
+    warp_gather(mine, 6, all);
+    float At[16][K], Bt[K][8];
+    for (int l = 0; l < 32; ++l) {
+        for (int e = 0; e < K / 2; ++e) At[mma_a_row<K>(l, e)][mma_a_col<K>(l, e)] = mma_value<K>(all[l * 6 + e * 8 / K], e);
+        for (int e = 0; e < K / 4; ++e) Bt[mma_b_row<K>(l, e)][mma_b_col(l)] = mma_value<K>(all[l * 6 + 4 + e * 8 / K], e);
+    }
+    const int lane = fibers->current % 32;
+    for (int e = 0; e < 4; ++e) {
+        float s = d[e];
+        for (int k = 0; k < K; ++k) s += At[mma_c_row(lane, e)][k] * Bt[k][mma_c_col(lane, e)];
+        d[e] = s;
+    }
+}
+}  // namespace host
+#endif
+
+// d += A * B for one warp; K = 8: tf32 operands (f32_to_tf32), K = 16: bf16 (pack_bf16x2).
+// Every lane of the warp calls it (it is a warp-wide instruction).
+template <int K>
+__device__ __forceinline__ void mma_16x8(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    static_assert(K == 8 || K == 16, "mma_16x8: K = 8 (tf32) or 16 (bf16)");
+#if defined(CUNET_GPU)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (K == 8)
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();   // tensor-core kernels need sm_80+; the fp32 kernels run anywhere
+#endif
+#else
+    host::mma_emulate<K>(d, a, b);
+#endif
 }
 
 }  // namespace cunet

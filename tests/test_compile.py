@@ -1,9 +1,16 @@
 """Every kernel family compiles for the GPU without a GPU: with NVRTC using exactly the
 options of the CuPy path, and with nvcc for sm_80 and sm_90 (-Xptxas -v: no spills).
-Also builds and runs the host self-test of kernels/portable.cuh's block emulation."""
+The tiled conv kernels' SASS (cuobjdump) shows tensor-core HMMA in tf32/bf16 and no local
+memory. Also builds and runs the host self-tests of kernels/portable.cuh's block emulation
+and tensor-core primitives (the latter on the GPU too, where there is one).
+
+`python tests/test_compile.py` prints the ptxas resources of the tiled conv kernels
+(the table of benchmarks/RESULTS.md, "GPU kernels: ptxas resources (issue 7)")."""
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +41,7 @@ def test_nvrtc_compiles_family(family):
 
 
 def ptxas_report(family):
-    """nvcc -Xptxas -v for both archs -> {(arch, kernel): (registers, spill_stores, spill_loads)}."""
+    """nvcc -Xptxas -v for both archs -> {(arch, kernel): [registers, spill_stores, spill_loads, smem_bytes]}."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.fail("nvcc not found: the compile checks need the CUDA toolkit on PATH")
@@ -49,10 +56,13 @@ def ptxas_report(family):
             current = (m.group(2), m.group(1))
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and current:
-            report[current] = [0, int(m.group(1)), int(m.group(2))]
+            report[current] = [0, int(m.group(1)), int(m.group(2)), 0]
         m = re.search(r"Used (\d+) registers", line)
         if m and current:
             report[current][0] = int(m.group(1))
+        m = re.search(r"(\d+) bytes smem", line)
+        if m and current:
+            report[current][3] = int(m.group(1))
     return report
 
 
@@ -62,6 +72,76 @@ def test_nvcc_compiles_family_without_spills(family):
     assert {arch for arch, _ in report} == set(ARCHS)
     spills = {k: v for k, v in report.items() if v[1] or v[2]}
     assert not spills, f"spilling kernels (arch, name): (registers, stores, loads) {spills}"
+
+
+TILED_CONV = [f"{p}_{q}" for p in ("conv_forward", "conv_backward_data", "conv_backward_weight")
+              for q in ("fp32", "tf32", "bf16")]
+
+
+def cuda_tool(name):
+    """A CUDA binary utility: on PATH, or from the nvidia-cuda-<name> wheel of the test extra."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for entry in sys.path:
+        candidate = Path(entry) / "nvidia" / "cu13" / "bin" / name
+        if candidate.exists():
+            return str(candidate)
+    pytest.fail(f"{name} not found on PATH nor as the nvidia-cuda-{name} wheel: install the test extra")
+
+
+def sass(family, arch, tmp_path):
+    """cuobjdump -sass of kernels/<family>.cuh compiled by nvcc for sm_<arch> -> {kernel: SASS text}."""
+    cubin = tmp_path / f"{family}_{arch}.cubin"
+    subprocess.run(["nvcc", "-std=c++17", "-x", "cu", "-cubin", f"-arch=sm_{arch}", f"kernels/{family}.cuh", "-o",
+                    str(cubin)], cwd=ROOT, check=True, capture_output=True)
+    cuobjdump = cuda_tool("cuobjdump")   # -sass runs nvdisasm: the same wheel family, put beside it on PATH
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(cuda_tool("nvdisasm")).parent), os.environ["PATH"]]))
+    out = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    kernels, name = {}, None
+    for line in out.stdout.splitlines():
+        m = re.match(r"\s*Function : (\w+)", line)
+        if m:
+            name = m.group(1)
+            kernels[name] = ""
+        elif name:
+            kernels[name] += line + "\n"
+    return kernels
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiled_conv_sass_uses_tensor_cores_and_no_local_memory(arch, tmp_path):
+    kernels = sass("conv", arch, tmp_path)
+    assert set(TILED_CONV) <= set(kernels), sorted(kernels)
+    for name in TILED_CONV:
+        code = kernels[name]
+        hmma = len(re.findall(r"\bHMMA\.", code))
+        if name.endswith("_fp32"):
+            assert hmma == 0 and re.search(r"\bFFMA\b", code), f"{name} sm_{arch}: expected FFMA, no HMMA"
+        else:
+            assert hmma > 0, f"{name} sm_{arch}: no HMMA instruction"
+        local = re.findall(r"\b(?:LDL|STL)\b", code)
+        assert not local, f"{name} sm_{arch}: local memory ({len(local)} LDL/STL)"
+
+
+def test_mma_primitives_selftest(tmp_path):
+    """Host emulation of mma_16x8 / conversions vs the PTX ISA's layout and a float64 product."""
+    exe = tmp_path / "mma_selftest"
+    subprocess.run(["g++", "-O2", "-std=c++20", "-fopenmp", "tests/cpp/mma_selftest.cpp", "-o", str(exe)],
+                   cwd=ROOT, check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+@pytest.mark.gpu
+def test_mma_primitives_selftest_on_gpu(tmp_path):
+    """The same program through nvcc: the real mma.sync must agree with the layout functions."""
+    exe = tmp_path / "mma_selftest_gpu"
+    subprocess.run(["nvcc", "-std=c++17", "-x", "cu", "-arch=sm_80", "tests/cpp/mma_selftest.cpp", "-o", str(exe)],
+                   cwd=ROOT, check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
 def test_portable_block_emulation_selftest(tmp_path):
@@ -102,14 +182,26 @@ def test_cuda_build_without_nvcc_says_so(tmp_path):
     assert "CUNET_CUDA=1 asks for the CUDA build, but nvcc was not found" in out.stderr
 
 
-@pytest.mark.parametrize("family", ["optim", "dropout"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_nvrtc_module_has_every_registered_kernel(family):
-    """The names cunet.ops launches by (core.FAMILY) are entry points of the NVRTC module,
-    the device-scalar variants included (a missing one would only fail on a GPU)."""
+    """The names cunet.ops launches by (core.FAMILY) are entry points of the NVRTC module
+    (a missing one would only fail on a GPU)."""
     import cunet.ops  # noqa: F401
     from cupy.cuda import nvrtc
     prog = nvrtc.createProgram(core.source(family), f"{family}.cu", [], [])
     nvrtc.compileProgram(prog, list(core.NVRTC_OPTIONS) + ["--gpu-architecture=compute_80"])
     entries = set(re.findall(r"\.entry\s+(\w+)", nvrtc.getPTX(prog).decode()))
     names = {name for name, fam in core.FAMILY.items() if fam == family}
-    assert names <= entries and {"adam_update_scalars", "dropout_forward_seeded"} & names
+    assert names and names <= entries, sorted(names - entries)
+
+
+if __name__ == "__main__":   # the RESULTS.md table: ptxas resources of the tiled conv kernels
+    report = ptxas_report("conv")
+    print("| kernel | " + " | ".join(f"sm_{a} registers | sm_{a} smem (B) | sm_{a} spills (B)" for a in ARCHS) + " |")
+    print("|---|" + "---|---|---|" * len(ARCHS))
+    for name in TILED_CONV + ["conv_sum_slices"]:
+        cells = []
+        for a in ARCHS:
+            regs, st, ld, smem = report[(a, name)]
+            cells += [str(regs), str(smem), str(st + ld)]
+        print(f"| {name} | " + " | ".join(cells) + " |")

@@ -1,8 +1,9 @@
 """cunet.ops conv and transposed conv (kernels/conv.cuh) against cunet.reference.
 
-Every case runs twice on the host: through the CPU variants of kernels/conv.cuh (the
-default) and through the portable kernels the GPU runs, the latter both ways
-`block_mode` runs cooperative kernels."""
+Every case runs on the host through the CPU variants of kernels/conv.cuh (the default)
+and through the portable kernels (`variant`) in the loop mode, and, with `block_mode`
+"emulated", through the tiled GPU kernels (fp32) in the block emulation.
+tests/test_ops_conv_tc.py covers the tiled kernels in every precision."""
 import numpy as np
 import pytest
 
@@ -16,7 +17,8 @@ rng = np.random.default_rng(2)
 
 @pytest.fixture(params=["host", "portable"])
 def variant(request):
-    """host: the conv launchers run the CPU variants; portable: the GPU kernels' code."""
+    """host: the conv launchers run the CPU variants; portable: the portable kernels (in the
+    loop mode; under the block emulation the launchers run the tiled kernels either way)."""
     conv_ops.set_host_variants(request.param == "host")
     yield request.param
     conv_ops.set_host_variants(True)

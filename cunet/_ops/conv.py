@@ -1,10 +1,23 @@
-"""Convolution and transposed convolution: kernels/conv.cuh."""
+"""Convolution and transposed convolution: kernels/conv.cuh.
+
+NumPy arrays: the _native launchers (host build: CPU variants in fp32, or, under
+set_emulate_blocks(True), the tiled GPU kernels in the requested precision). CuPy arrays:
+the tiled implicit-GEMM kernels <pass>_<precision> (64 x 64 tiles of 128 threads).
+x2 (conv_forward, conv_backward): channels concatenated after x's, read in place by the
+tiled kernels (the host CPU variants copy them together first)."""
+
+from math import prod
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32_all, lift, loop, ncs, register, run, set_host_variants  # noqa: F401
-from cunet.reference import _precision_arg, _conv_args, _conv_backward_args, _conv_transpose_args, _conv_transpose_backward_args
+from cunet._ops.core import coop, empty, f32_all, is_cupy, loop, lift, native, ncs, register, run, set_host_variants  # noqa: F401
+from cunet.reference import (_precision_arg, _conv_args, _conv_backward_args, _conv_transpose_args,
+                             _conv_transpose_backward_args, _x2_args)
 
-register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum")
+PRECISION_CODE = {"fp32": 0, "tf32": 1, "bf16": 2}   # the launchers' `precision` argument
+TILE, TILE_THREADS = 64, 128                          # kernels/conv.cuh kTM = kTN, kThreads
+
+register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum", "conv_sum_slices",
+         *[f"{p}_{q}" for p in ("conv_forward", "conv_backward_data", "conv_backward_weight") for q in PRECISION_CODE])
 
 
 def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
@@ -12,6 +25,44 @@ def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
     n, ci = x_shape[:2]
     return (n, ci, co, *lift(x_shape[2:], 1), *lift(out, 1), *lift(w_shape[2:], 1),
             *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1))
+
+
+def _tiles(m, nn):
+    return -(-m // TILE) * -(-nn // TILE)
+
+
+# The three passes as GEMMs M x Nn x K over the dims (kernels/conv.cuh, tiled section):
+# forward (N*So, Co, Ci*T), data gradient (N*Si, Ci, Co*T), weight gradient (Co, Ci*T, N*So).
+# c1: the channels of x (dx); x2 (dx2) holds the rest, or is None with c1 = Ci.
+def _forward(dims, c1, x, x2, w, b, y, relu, precision):
+    if not is_cupy(x):
+        return run("conv_forward", None, *dims, c1, x, x2, w, b, y, PRECISION_CODE[precision], relu)
+    n, co, so = dims[0], dims[2], prod(dims[6:9])
+    if y.size:
+        run(f"conv_forward_{precision}", (_tiles(n * so, co), TILE_THREADS), *dims, c1, x, x2, w, b, y, relu)
+
+
+def _data(dims, c1, dy, w, b, dx, dx2, precision):
+    if not is_cupy(dy):
+        return run("conv_backward_data", None, *dims, c1, dy, w, b, dx, dx2, PRECISION_CODE[precision])
+    n, ci, si = dims[0], dims[1], prod(dims[3:6])
+    if n * ci * si:
+        run(f"conv_backward_data_{precision}", (_tiles(n * si, ci), TILE_THREADS), *dims, c1, dy, w, b, dx, dx2)
+
+
+def _weight(dims, c1, dy, x, x2, dw, precision):
+    if not is_cupy(dy):
+        return run("conv_backward_weight", None, *dims, c1, dy, x, x2, dw, PRECISION_CODE[precision])
+    m, nn, k = dims[2], dims[1] * prod(dims[9:12]), dims[0] * prod(dims[6:9])
+    if dw.size == 0:
+        return
+    k_slice = native().conv_wgrad_slice(m, nn, k)
+    slices = max(1, -(-k // k_slice))
+    part = dw if slices == 1 else empty(dw, (slices,) + dw.shape)
+    run(f"conv_backward_weight_{precision}", (_tiles(m, nn) * slices, TILE_THREADS), *dims, c1, dy, x, x2, part,
+        k_slice)
+    if slices > 1:
+        run("conv_sum_slices", loop(dw.size), dw.size, slices, part, dw)
 
 
 def channel_sum(x):
@@ -22,33 +73,35 @@ def channel_sum(x):
     return out
 
 
-def _relu_inplace(y):
-    # TODO(issue 7): the fused epilogue replaces this second pass
-    run("relu_forward", loop(y.size), y.size, y, y)
+def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, precision="fp32", x2=None):
+    """precision: "fp32" | "tf32" | "bf16" operands of the GEMM (tensor cores for tf32 / bf16
+    on CuPy arrays); relu=True fuses max(y, 0) into the store. NumPy arrays compute in fp32
+    whatever is asked (more accurate than tf32 / bf16), except under set_emulate_blocks(True).
+    x2: input channels after x's (the conv of [x, x2] without building the concatenation)."""
+    xc = x if x2 is None else _x2_args(x, x2)
+    stride, padding, dilation, out = _conv_args(xc, w, b, stride, padding, dilation)
+    _precision_arg(precision)
+    f32_all(x=x, x2=x2, w=w, b=b)
+    y = empty(x, (x.shape[0], w.shape[0]) + out)
+    dims = _dims(xc.shape, w.shape, w.shape[0], out, stride, padding, dilation)
+    _forward(dims, x.shape[1], x, x2, w, b, y, bool(relu), precision)
     return y
 
 
-def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, precision="fp32"):
-    """precision: "fp32" | "tf32" | "bf16" operands of the GEMM (CuPy arrays); the host build
-    computes in fp32 whatever is asked (more accurate than tf32/bf16)."""
-    stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None):
+    """-> (dx, dw, db); with x2 (see conv_forward) -> (dx, dx2, dw, db)."""
+    xc = x if x2 is None else _x2_args(x, x2)
+    stride, padding, dilation, out = _conv_backward_args(dy, xc, w, stride, padding, dilation)
     _precision_arg(precision)
-    f32_all(x=x, w=w, b=b)
-    y = empty(x, (x.shape[0], w.shape[0]) + out)
-    run("conv_forward", loop(y.size), *_dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation), x, w, b, y)
-    return _relu_inplace(y) if relu else y
-
-
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32"):
-    stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
-    _precision_arg(precision)
-    f32_all(dy=dy, x=x, w=w)
+    f32_all(dy=dy, x=x, x2=x2, w=w)
     _check.same_device("dy", dy, "x", x)
-    dims = _dims(x.shape, w.shape, w.shape[0], out, stride, padding, dilation)
+    dims = _dims(xc.shape, w.shape, w.shape[0], out, stride, padding, dilation)
     dx, dw = empty(x, x.shape), empty(x, w.shape)
-    run("conv_backward_data", loop(x.size), *dims, dy, w, None, dx)
-    run("conv_backward_weight", coop(w.size), *dims, dy, x, dw)
-    return dx, dw, channel_sum(dy)
+    dx2 = None if x2 is None else empty(x2, x2.shape)
+    _data(dims, x.shape[1], dy, w, None, dx, dx2, precision)
+    _weight(dims, x.shape[1], dy, x, x2, dw, precision)
+    db = channel_sum(dy)
+    return (dx, dw, db) if x2 is None else (dx, dx2, dw, db)
 
 
 def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0, precision="fp32"):
@@ -58,7 +111,7 @@ def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0, 
     f32_all(x=x, w=w, b=b)
     y = empty(x, (x.shape[0], w.shape[1]) + out)
     dims = _dims(y.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
-    run("conv_backward_data", loop(y.size), *dims, x, w, b, y)
+    _data(dims, dims[1], x, w, b, y, None, precision)
     return y
 
 
@@ -69,6 +122,6 @@ def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0, pre
     _check.same_device("dy", dy, "x", x)
     dims = _dims(dy.shape, w.shape, w.shape[0], x.shape[2:], stride, padding, (1,) * len(out))
     dx, dw = empty(x, x.shape), empty(x, w.shape)
-    run("conv_forward", loop(x.size), *dims, dy, w, None, dx)
-    run("conv_backward_weight", coop(w.size), *dims, x, dy, dw)
+    _forward(dims, dims[1], dy, None, w, None, dx, False, precision)
+    _weight(dims, dims[1], x, dy, None, dw, precision)
     return dx, dw, channel_sum(dy)

@@ -1,5 +1,5 @@
 // Exercises kernels/portable.cuh's host modes directly: block_sum, shuffles, shared
-// memory and __syncthreads through the fiber block emulation, and CUNET_LOOP.
+// memory and __syncthreads through the fiber block emulation, CUNET_LOOP, and FastDiv.
 // Built and run by tests/test_portable.py; prints "ok" or the first mismatch.
 #include <cstdio>
 #include <vector>
@@ -58,6 +58,18 @@ int main() {
         for (int l = 0; l < 32; ++l) want += w * 32 + l;
         for (int l = 0; l < 32; ++l)
             if (r[w * 32 + l] != want) { std::printf("warp %d lane %d: %d != %d\n", w, l, r[w * 32 + l], want); return 1; }
+    }
+    // FastDiv: n / d for divisors small, prime, powers of two and near 2^31, n up to 2^31 - 1
+    uint64_t rs = 88172645463325252ull;
+    for (int64_t d : {1ll, 2ll, 3ll, 5ll, 7ll, 9ll, 27ll, 64ll, 97ll, 343ll, 641ll, 1000003ll, 65536ll, 2147483647ll, 1073741825ll}) {
+        const cunet::FastDiv f = cunet::make_fastdiv((int)d);
+        for (int i = 0; i < 20000; ++i) {
+            rs ^= rs << 13, rs ^= rs >> 7, rs ^= rs << 17;
+            const int64_t v = i < 5000 ? i : i < 6000 ? 2147483647ll - (i - 5000) : (int64_t)(rs % 2147483648ull);
+            int rem;
+            const int q = cunet::fdivmod((int)v, f, rem);
+            if (q != v / d || rem != v % d) { std::printf("fastdiv %lld / %lld: %d rem %d\n", (long long)v, (long long)d, q, rem); return 1; }
+        }
     }
     CUNET_LAUNCH_LOOP(scale, n, nullptr, n, x.data());
     if (x[1] != 2.0f * (float)((7919) % 1000) / 1000.0f) { std::printf("loop\n"); return 1; }
