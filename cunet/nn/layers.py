@@ -66,7 +66,9 @@ class Conv(Layer):
     precision: the GEMM operands of the CuPy kernels ("fp32", "tf32", "bf16"; see
     cunet.ops.conv_forward); weights, gradients and outputs stay float32 whatever it is.
     forward(x, relu=True) is conv + ReLU in one conv_forward call (the fused epilogue);
-    backward then applies the ReLU's backward first."""
+    backward then applies the ReLU's backward first. forward(x, x2=skip) convolves the
+    channel concatenation [x, skip] without building it (the kernels read both in place);
+    backward then returns (dx, dskip)."""
     precision = "fp32"
 
     def __init__(self, ci, co, k=3, stride=1, padding=1, dims=2, bias=True, init="he_normal"):
@@ -79,23 +81,24 @@ class Conv(Layer):
                     fan=(self.ci * taps, self.co * taps))]
         return out + ([Spec("bias", (self.co,), "zeros")] if self.bias else [])
 
-    def forward(self, x, relu=False):
-        self.x = x
+    def forward(self, x, relu=False, x2=None):
+        self.x, self.x2 = x, x2
         y = F(x).conv_forward(x, self.p["weight"], self.p.get("bias"), self.stride, self.padding, relu=relu,
-                              precision=self.precision)
+                              precision=self.precision, **({} if x2 is None else {"x2": x2}))
         self.y = y if relu else None   # the ReLU's backward needs its output
         return y
 
     def backward(self, dy):
         if self.y is not None:
             dy = F(dy).relu_backward(dy, self.y)
-        dx, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
-                                         precision=self.precision)
+        extra = {} if self.x2 is None else {"x2": self.x2}
+        *dxs, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
+                                           precision=self.precision, **extra)
         self.g["weight"] += dw
         if self.bias:
             self.g["bias"] += db
-        self.x = self.y = None
-        return dx
+        self.x = self.x2 = self.y = None
+        return dxs[0] if len(dxs) == 1 else tuple(dxs)
 
 
 class ConvTranspose(Layer):
@@ -268,10 +271,16 @@ class Sequential(Layer):
             i += 2 if fused else 1
         return out
 
-    def forward(self, x):
+    def forward(self, x, x2=None):
+        """x2: channels concatenated after x's, read in place by the first layer (a Conv);
+        backward then returns (dx, dx2)."""
         self._plan = self._steps()   # backward follows the same grouping even if fuse changes
-        for layer, fused in self._plan:
-            x = layer.forward(x, relu=True) if fused else layer.forward(x)
+        if x2 is not None and not isinstance(self._plan[0][0], Conv):
+            raise TypeError(f"x2: only a block that starts with a Conv reads a second input, this one starts "
+                            f"with {type(self._plan[0][0]).__name__}")
+        for i, (layer, fused) in enumerate(self._plan):
+            kw = dict(relu=True) if fused else {}
+            x = layer.forward(x, x2=x2, **kw) if i == 0 and x2 is not None else layer.forward(x, **kw)
         return x
 
     def backward(self, dy):

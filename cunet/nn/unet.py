@@ -4,7 +4,8 @@ conv head giving `out_channels` logits (sigmoid/softmax live in the losses).
 
     base=16, depth=4: 16-32-64-128 channels down, a 256-channel bottom, back up to 16.
     block:  conv3x3 -> [BN] -> ReLU -> [dropout] -> conv3x3 -> [BN] -> ReLU
-            (without BN each conv+ReLU is one fused conv_forward(relu=True) call: `fuse`)
+            (without BN each conv+ReLU is one fused conv_forward(relu=True) call, and the
+            decoder's first conv reads [up, skip] in place, no concatenated copy: `fuse`)
     down:   "maxpool" 2x2, or "strided": conv3x3 stride 2 (same channels) -> [BN] -> ReLU
     up:     "transpose": convT 2x2 stride 2 halving the channels, or "nearest"/"linear":
             x2 upsampling then conv3x3 halving the channels (no activation on either)
@@ -119,7 +120,11 @@ class UNet(Model):
             h = down.forward(h)
         h = self.bottom.forward(h)
         for up, cat, dec, skip in zip(self.up, self.cat, self.dec, reversed(skips)):
-            h = dec.forward(cat.forward(up.forward(h), skip))
+            if self.fuse:   # the decoder's first conv reads [up, skip] in place
+                h = dec.forward(up.forward(h), x2=skip)
+            else:
+                h = dec.forward(cat.forward(up.forward(h), skip))
+        self._fused = self.fuse   # backward follows forward's plan
         return self.head.forward(h)
 
     def backward(self, dlogits):
@@ -127,7 +132,7 @@ class UNet(Model):
         dh = self.head.backward(dlogits)
         dskips = []   # filled shallowest level first: dskips[i] is the gradient of enc[i]'s output
         for up, cat, dec in reversed(list(zip(self.up, self.cat, self.dec))):
-            dup, dskip = cat.backward(dec.backward(dh))
+            dup, dskip = dec.backward(dh) if self._fused else cat.backward(dec.backward(dh))
             dskips.append(dskip)
             dh = up.backward(dup)
         dh = self.bottom.backward(dh)
@@ -137,7 +142,9 @@ class UNet(Model):
 
     @property
     def fuse(self):
-        """Conv+ReLU pairs run as one conv_forward(relu=True) (default True; same results)."""
+        """Conv+ReLU pairs run as one conv_forward(relu=True), and each decoder's first conv
+        reads [upsampled, skip] in place instead of a concatenated copy (default True; same
+        results up to float32 summation order)."""
         return self._fuse
 
     @fuse.setter
