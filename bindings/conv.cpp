@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/conv.cuh"
 
 void cunet::bind_conv(py::module_& m) {
     CUNET_DEF(conv_forward, [](CUNET_CONV_DIMS, P x, P w, P b, P y) {

@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/norm.cuh"
 
 void cunet::bind_norm(py::module_& m) {
     CUNET_DEF(batchnorm_stats, [](int64_t N, int64_t C, int64_t S, P x, P mean, P invstd, P running_mean,
