@@ -304,6 +304,21 @@ def test_cuda_build_compiles(cuda_build):
     assert "[libcunet.so]" in needed and "cudart" not in needed
 
 
+def test_cuda_segment_runs_or_says_why(cuda_build, tmp_path):
+    """On any machine: labels (a GPU is present) or, without a usable GPU, the CUDA error as
+    one line naming the failed call; never a crash."""
+    model, ckpt, vol = model_and_volume(tmp_path)
+    vol[:, :, :2].transpose(2, 0, 1).copy().tofile(tmp_path / "in.raw")   # (D, H, W) = (2, 32, 32)
+    out = subprocess.run([str(cuda_build / "segment"), str(ckpt), str(tmp_path / "in.raw"), "2", "32", "32",
+                          str(tmp_path / "o.raw")], capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 1), (out.returncode, out.stderr)
+    if out.returncode == 1:
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("segment: error: cunet: cudaMalloc of "), out.stderr
+    else:
+        assert (tmp_path / "o.raw").stat().st_size == 2 * 32 * 32
+
+
 @pytest.mark.gpu
 def test_cuda_segment_matches_python(cuda_build, tmp_path):
     """The runner on the GPU (weights uploaded once, activations in device memory): labels as
