@@ -17,6 +17,7 @@
 // every launch and copy goes to the runner's stream and forward() returns after that
 // stream's work is done. One forward pass at a time per runner (activation buffers are
 // reused between passes).
+#pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
