@@ -24,7 +24,12 @@ from setuptools import setup
 from setuptools.modified import newer_group
 
 ROOT = Path(__file__).parent.resolve()
-rel = lambda paths: sorted(str(p.relative_to(ROOT)) for p in paths)   # noqa: E731
+
+
+def rel(paths):   # setuptools wants source paths relative to setup.py
+    return sorted(str(p.relative_to(ROOT)) for p in paths)
+
+
 KERNELS = rel((ROOT / "kernels").glob("*.cuh"))
 LIB_SOURCES = rel((ROOT / "bindings/lib").glob("*.cpp"))
 LIB_HEADERS = KERNELS + ["bindings/cunet.h", "bindings/lib/lib.h"]

@@ -275,6 +275,15 @@ def test_pip_installed_package_is_found_by_cmake(tmp_path):
     assert not ((got != want) & (gap > 1e-3)).any()
 
 
+def test_cmake_module_reports_an_unbuilt_package(tmp_path, monkeypatch, capsys):
+    from cunet import cmake
+    monkeypatch.setattr(cmake, "PACKAGE", tmp_path / "cunet")
+    assert cmake.main([]) == 1
+    err = capsys.readouterr().err
+    assert "cunetConfig.cmake is missing" in err and "was not built" in err
+    assert cmake.main(["--bogus"]) == 2 and "usage" in capsys.readouterr().err
+
+
 # ---- the CUDA build: compiled here (nvcc, no GPU needed); run only where there is a GPU
 
 @pytest.fixture(scope="module")
