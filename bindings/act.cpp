@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/act.cuh"
 
 void cunet::bind_act(py::module_& m) {
     CUNET_DEF(relu_forward, [](int64_t n, P x, P y) { cunet::relu_forward(n, cf(x), f(y)); });

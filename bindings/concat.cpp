@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/concat.cuh"
 
 void cunet::bind_concat(py::module_& m) {
     CUNET_DEF(concat_copy, [](int64_t N, int64_t C, int64_t S, P src, int64_t src_C, int64_t src_off, P dst,

@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/conv.cuh"
 
 // precision: 0 fp32, 1 tf32, 2 bf16 (cunet/_ops/conv.py maps the names). C1: channels of x
 // (dx); x2 (dx2) holds channels [C1, Ci), the concat read in place (0 and C1 = Ci without).

@@ -1,7 +1,7 @@
-// cunet_runner.h: run a Python-trained cunet UNet from C++ (header-only, C++20).
+// cunet_runner.h: run a Python-trained cunet UNet from C++ (C++20; link libcunet).
 //
 //   cunet::Checkpoint ck = cunet::load_safetensors("model.safetensors");
-//   cunet::UNet2D3D net(ck);
+//   cunet::UNet2D3D net(ck);                                   // or net(ck, stream): CUDA build
 //   std::vector<float> logits = net.forward(x, N, H, W);      // 2D model; (x, N, D, H, W) for 3D
 //   std::vector<float> prob = net.probabilities(logits, N);   // sigmoid (1 channel) / softmax
 //   std::vector<int32_t> lab = net.labels(logits, N);         // logits > 0 (1 channel) / argmax
@@ -11,8 +11,12 @@
 // "cunet.model" = JSON of the model config. The safetensors format and JSON are parsed here,
 // strictly, without third-party code; every failure throws std::runtime_error naming the
 // file and the problem. Inference runs in eval mode (batch norm with running statistics,
-// no dropout) through the kernels' host launchers (build with g++ -std=c++20 -fopenmp):
-// the pointers handed to them are host memory.
+// no dropout) through libcunet's launchers (bindings/cunet.h). x and the results are host
+// memory; the weights (uploaded once, by the constructor) and the activations live in the
+// library's memory: host memory in the host build, device memory in the CUDA build, where
+// every launch and copy goes to the runner's stream and forward() returns after that
+// stream's work is done. One forward pass at a time per runner (activation buffers are
+// reused between passes).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -28,7 +32,7 @@
 #include <utility>
 #include <vector>
 
-#include "../kernels/cunet.cuh"
+#include "cunet.h"
 
 namespace cunet {
 
@@ -369,6 +373,61 @@ inline Checkpoint load_safetensors(const std::string& path) {
     return ck;
 }
 
+// ------------------------------------------------------------------------------ library memory
+// Floats in libcunet's memory (device memory in the CUDA build). An Arena keeps buffers given
+// back, by size, for the next forward pass: in the CUDA build cudaMalloc/cudaFree per layer
+// would cost time and synchronise the device. Buffers are reused in stream order.
+class Arena {
+public:
+    Arena() = default;
+    Arena(const Arena&) = delete;
+    Arena& operator=(const Arena&) = delete;
+    ~Arena() {
+        for (auto& kv : free_) ops::device_free(kv.second);
+    }
+    float* take(size_t n) {
+        auto it = free_.find(n);
+        if (it == free_.end()) return static_cast<float*>(ops::device_alloc(n * sizeof(float)));
+        float* p = it->second;
+        free_.erase(it);
+        return p;
+    }
+    void give(size_t n, float* p) {
+        if (p) free_.emplace(n, p);
+    }
+
+private:
+    std::multimap<size_t, float*> free_;
+};
+
+class Buffer {   // n floats: from an arena (given back to it) or owned (freed)
+public:
+    Buffer() = default;
+    explicit Buffer(size_t n, Arena* a = nullptr)
+        : n_(n), a_(a), p_(a ? a->take(n) : static_cast<float*>(ops::device_alloc(n * sizeof(float)))) {}
+    Buffer(Buffer&& o) noexcept : n_(o.n_), a_(o.a_), p_(std::exchange(o.p_, nullptr)) {}
+    Buffer& operator=(Buffer&& o) noexcept {
+        if (this != &o) {
+            release();
+            n_ = o.n_, a_ = o.a_, p_ = std::exchange(o.p_, nullptr);
+        }
+        return *this;
+    }
+    ~Buffer() { release(); }
+    float* data() const { return p_; }
+    size_t size() const { return n_; }
+
+private:
+    void release() {
+        if (a_) a_->give(n_, p_);
+        else ops::device_free(p_);
+        p_ = nullptr;
+    }
+    size_t n_ = 0;
+    Arena* a_ = nullptr;
+    float* p_ = nullptr;
+};
+
 // ------------------------------------------------------------------------------ the UNet
 class UNet2D3D {
 public:
@@ -377,7 +436,13 @@ public:
     std::string up = "transpose", down = "maxpool";
     bool batchnorm = false;
 
-    explicit UNet2D3D(const Checkpoint& ck) : where_("checkpoint " + quoted(ck.path, 400) + ": ") {
+    UNet2D3D(const UNet2D3D&) = delete;   // buffers point into this object's arena
+    UNet2D3D& operator=(const UNet2D3D&) = delete;
+
+    // stream: where the CUDA build launches and copies (a cudaStream_t; null: the default
+    // stream). Ignored by the host build.
+    explicit UNet2D3D(const Checkpoint& ck, void* stream = nullptr)
+        : stream_(stream), where_("checkpoint " + quoted(ck.path, 400) + ": ") {
         auto it = ck.metadata.find("cunet.model");
         if (it == ck.metadata.end()) fail("missing 'cunet.model' metadata");
         json::Value cfg;
@@ -423,6 +488,7 @@ public:
         }
         if (base << (depth) > (int64_t(1) << 24)) fail("model config: base * 2**depth is absurd");
         build(ck);
+        ops::synchronize(stream_);   // the uploads are done before ck may go away
     }
 
     // x: (N, in_channels, H, W) for a 2D model -> logits (N, out_channels, H, W).
@@ -439,10 +505,10 @@ public:
     // Sigmoid (1 output channel) or softmax over channels of logits (N, out_channels, *S).
     std::vector<float> probabilities(const std::vector<float>& logits, int64_t N) const {
         const int64_t S = plane(logits, N);
-        std::vector<float> p(logits.size());
-        if (out_channels == 1) sigmoid_forward(int64_t(logits.size()), logits.data(), p.data());
-        else softmax_forward(N, out_channels, S, logits.data(), p.data());
-        return p;
+        Buffer l = upload(logits.data(), logits.size()), p(logits.size(), &arena_);
+        if (out_channels == 1) ops::sigmoid_forward(int64_t(logits.size()), l.data(), p.data(), stream_);
+        else ops::softmax_forward(N, out_channels, S, l.data(), p.data(), stream_);
+        return download(p);
     }
     // Label map (N, *S): logits > 0 (1 output channel) or the argmax over channels (first on ties).
     std::vector<int32_t> labels(const std::vector<float>& logits, int64_t N) const {
@@ -461,15 +527,18 @@ public:
     }
 
 private:
-    struct Conv { const Tensor* w = nullptr; const Tensor* b = nullptr; int64_t ci = 0, co = 0, k = 3, stride = 1, pad = 1; };
-    struct BN { const Tensor *g = nullptr, *b = nullptr; std::vector<float> mean, invstd; };
+    // Weights, biases and batch-norm statistics: pointers into dev_ (library memory).
+    struct Conv { const float *w = nullptr, *b = nullptr; int64_t ci = 0, co = 0, k = 3, stride = 1, pad = 1; };
+    struct BN { const float *g = nullptr, *b = nullptr, *mean = nullptr, *invstd = nullptr; };
     struct Block { Conv c1, c2; BN n1, n2; };
     struct Down { Conv conv; BN bn; };
     struct Up { Conv conv; bool transpose = true; };
-    struct Shape { int64_t n, c, d, h, w; int64_t S() const { return d * h * w; } };
+    struct Shape { int64_t n, c, d, h, w; int64_t S() const { return d * h * w; } size_t size() const { return size_t(n * c * S()); } };
 
+    void* stream_;
     std::string where_;
-    std::map<std::string, Tensor> own_;   // copies of the tensors the model uses
+    mutable Arena arena_;                 // activations; declared before every Buffer member
+    std::map<std::string, Buffer> dev_;   // the tensors the model uses, uploaded once
     std::vector<Block> enc_, dec_;
     std::vector<Down> down_;
     std::vector<Up> up_;
@@ -479,8 +548,20 @@ private:
     [[noreturn]] void fail(const std::string& what) const { throw std::runtime_error(where_ + what); }
 
     int64_t plane(const std::vector<float>& logits, int64_t N) const {
-        if (N <= 0 || logits.size() % size_t(N * out_channels)) fail("logits size does not match N * out_channels");
+        if (N <= 0 || logits.empty() || logits.size() % size_t(N * out_channels))
+            fail("logits size does not match N * out_channels");
         return int64_t(logits.size()) / (N * out_channels);
+    }
+    Buffer upload(const float* host, size_t n) const {
+        Buffer b(n, &arena_);
+        ops::copy_to_device(b.data(), host, n * sizeof(float), stream_);
+        return b;
+    }
+    std::vector<float> download(const Buffer& b) const {
+        std::vector<float> out(b.size());
+        ops::copy_to_host(out.data(), b.data(), out.size() * sizeof(float), stream_);
+        ops::synchronize(stream_);
+        return out;
     }
 
     std::vector<int64_t> kshape(int64_t a, int64_t b, int64_t k) const {
@@ -488,12 +569,15 @@ private:
         for (int i = 0; i < dims; ++i) s.push_back(k);
         return s;
     }
-    const Tensor* take(const Checkpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
+    const float* take(const Checkpoint& ck, const std::string& name, const std::vector<int64_t>& shape) {
         auto it = ck.tensors.find(name);
         if (it == ck.tensors.end()) fail("missing tensor '" + name + "' (expected shape " + shape_str(shape) + ")");
         if (it->second.shape != shape)
             fail("tensor '" + name + "' has shape " + shape_str(it->second.shape) + ", expected shape " + shape_str(shape));
-        return &own_.emplace(name, it->second).first->second;
+        const std::vector<float>& host = it->second.data;
+        Buffer b(host.size());
+        ops::copy_to_device(b.data(), host.data(), host.size() * sizeof(float), stream_);
+        return dev_.emplace(name, std::move(b)).first->second.data();
     }
     Conv conv(const Checkpoint& ck, const std::string& p, int64_t ci, int64_t co, int64_t k, int64_t stride, int64_t pad) {
         Conv c;
@@ -506,10 +590,12 @@ private:
         BN n;
         n.g = take(ck, p + ".weight", {c});
         n.b = take(ck, p + ".bias", {c});
-        const Tensor* m = take(ck, p + ".running_mean", {c});
-        const Tensor* v = take(ck, p + ".running_var", {c});
-        n.mean.resize(size_t(c)), n.invstd.resize(size_t(c));
-        batchnorm_eval_stats(c, m->data.data(), v->data.data(), n.mean.data(), n.invstd.data(), 1e-5f);
+        const float* m = take(ck, p + ".running_mean", {c});
+        const float* v = take(ck, p + ".running_var", {c});
+        Buffer mean{size_t(c)}, invstd{size_t(c)};
+        ops::batchnorm_eval_stats(c, m, v, mean.data(), invstd.data(), 1e-5f, stream_);
+        n.mean = dev_.emplace(p + "/eval_mean", std::move(mean)).first->second.data();
+        n.invstd = dev_.emplace(p + "/eval_invstd", std::move(invstd)).first->second.data();
         return n;
     }
     Block block(const Checkpoint& ck, const std::string& p, int64_t ci, int64_t co) {
@@ -551,64 +637,63 @@ private:
         }
         head_ = conv(ck, "head", base, out_channels, 1, 1, 0);
         for (const auto& kv : ck.tensors)
-            if (kv.first.rfind("optim/", 0) != 0 && !own_.count(kv.first))
+            if (kv.first.rfind("optim/", 0) != 0 && !dev_.count(kv.first))
                 fail("unexpected tensor " + quoted(kv.first) + " for this model config");
     }
 
-    // ---- layers on host buffers
-    std::vector<float> apply_conv(const Conv& c, const std::vector<float>& x, Shape& s) const {
+    // ---- layers on library buffers; each returns its output and updates the shape s
+    Buffer apply_conv(const Conv& c, const Buffer& x, Shape& s) const {
         const int64_t kd = dims == 3 ? c.k : 1, sd = dims == 3 ? c.stride : 1, pd = dims == 3 ? c.pad : 0;
-        const int64_t Do = (s.d + 2 * pd - kd) / sd + 1, Ho = (s.h + 2 * c.pad - c.k) / c.stride + 1,
-                      Wo = (s.w + 2 * c.pad - c.k) / c.stride + 1;
-        std::vector<float> y(size_t(s.n * c.co * Do * Ho * Wo));
-        conv_forward(s.n, c.ci, c.co, s.d, s.h, s.w, Do, Ho, Wo, kd, c.k, c.k, sd, c.stride, c.stride, pd, c.pad, c.pad,
-                     1, 1, 1, x.data(), c.w->data.data(), c.b->data.data(), y.data());
-        s = {s.n, c.co, Do, Ho, Wo};
+        const Shape o = {s.n, c.co, (s.d + 2 * pd - kd) / sd + 1, (s.h + 2 * c.pad - c.k) / c.stride + 1,
+                         (s.w + 2 * c.pad - c.k) / c.stride + 1};
+        Buffer y(o.size(), &arena_);
+        ops::conv_forward(s.n, c.ci, c.co, s.d, s.h, s.w, o.d, o.h, o.w, kd, c.k, c.k, sd, c.stride, c.stride, pd, c.pad,
+                          c.pad, 1, 1, 1, x.data(), c.w, c.b, y.data(), stream_);
+        s = o;
         return y;
     }
     // Transposed conv k=2 stride 2: the input gradient of the conv y -> x with weight (ci, co, ..)
     // read as (Co', Ci'), i.e. conv_backward_data with the roles of x and y swapped.
-    std::vector<float> apply_convT(const Conv& c, const std::vector<float>& x, Shape& s) const {
+    Buffer apply_convT(const Conv& c, const Buffer& x, Shape& s) const {
         const int64_t kd = dims == 3 ? 2 : 1, sd = dims == 3 ? 2 : 1;
         const Shape o = {s.n, c.co, s.d * sd, s.h * 2, s.w * 2};
-        std::vector<float> y(size_t(o.n * o.c * o.S()));
-        conv_backward_data(s.n, c.co, c.ci, o.d, o.h, o.w, s.d, s.h, s.w, kd, 2, 2, sd, 2, 2, 0, 0, 0, 1, 1, 1, x.data(),
-                           c.w->data.data(), c.b->data.data(), y.data());
+        Buffer y(o.size(), &arena_);
+        ops::conv_backward_data(s.n, c.co, c.ci, o.d, o.h, o.w, s.d, s.h, s.w, kd, 2, 2, sd, 2, 2, 0, 0, 0, 1, 1, 1,
+                                x.data(), c.w, c.b, y.data(), stream_);
         s = o;
         return y;
     }
-    void apply_bn(const BN& n, std::vector<float>& x, const Shape& s) const {
-        std::vector<float> y(x.size());
-        batchnorm_normalize(s.n, s.c, s.S(), x.data(), n.mean.data(), n.invstd.data(), n.g->data.data(),
-                            n.b->data.data(), y.data());
-        x.swap(y);
+    // batch norm (eval statistics), then ReLU, in place
+    void bn_relu(const BN* n, Buffer& x, const Shape& s) const {
+        if (n) {
+            Buffer y(x.size(), &arena_);
+            ops::batchnorm_normalize(s.n, s.c, s.S(), x.data(), n->mean, n->invstd, n->g, n->b, y.data(), stream_);
+            x = std::move(y);
+        }
+        ops::relu_forward(int64_t(x.size()), x.data(), x.data(), stream_);
     }
-    static void relu(std::vector<float>& x) { relu_forward(int64_t(x.size()), x.data(), x.data()); }
-    std::vector<float> apply_block(const Block& b, const std::vector<float>& x, Shape& s) const {
-        std::vector<float> h = apply_conv(b.c1, x, s);
-        if (batchnorm) apply_bn(b.n1, h, s);
-        relu(h);
+    Buffer apply_block(const Block& b, const Buffer& x, Shape& s) const {
+        Buffer h = apply_conv(b.c1, x, s);
+        bn_relu(batchnorm ? &b.n1 : nullptr, h, s);
         h = apply_conv(b.c2, h, s);
-        if (batchnorm) apply_bn(b.n2, h, s);
-        relu(h);
+        bn_relu(batchnorm ? &b.n2 : nullptr, h, s);
         return h;
     }
-    std::vector<float> pool(const std::vector<float>& x, Shape& s) const {
+    Buffer pool(const Buffer& x, Shape& s) const {
         const int64_t kd = dims == 3 ? 2 : 1;
         const Shape o = {s.n, s.c, s.d / kd, s.h / 2, s.w / 2};
-        std::vector<float> y(size_t(o.n * o.c * o.S()));
-        std::vector<int64_t> arg(y.size());
-        maxpool_forward(s.n * s.c, s.d, s.h, s.w, o.d, o.h, o.w, kd, 2, 2, kd, 2, 2, 0, 0, 0, x.data(), y.data(),
-                        arg.data());
+        Buffer y(o.size(), &arena_), arg(2 * o.size(), &arena_);   // arg: o.size() int64 indices
+        ops::maxpool_forward(s.n * s.c, s.d, s.h, s.w, o.d, o.h, o.w, kd, 2, 2, kd, 2, 2, 0, 0, 0, x.data(), y.data(),
+                             reinterpret_cast<int64_t*>(arg.data()), stream_);
         s = o;
         return y;
     }
-    std::vector<float> upsample(const std::vector<float>& x, Shape& s) const {
+    Buffer upsample(const Buffer& x, Shape& s) const {
         const int64_t sd = dims == 3 ? 2 : 1;
         const Shape o = {s.n, s.c, s.d * sd, s.h * 2, s.w * 2};
-        std::vector<float> y(size_t(o.n * o.c * o.S()));
-        if (up == "nearest") upsample_nearest_forward(s.n * s.c, s.d, s.h, s.w, sd, 2, 2, x.data(), y.data());
-        else upsample_linear_forward(s.n * s.c, s.d, s.h, s.w, sd, 2, 2, x.data(), y.data());
+        Buffer y(o.size(), &arena_);
+        if (up == "nearest") ops::upsample_nearest_forward(s.n * s.c, s.d, s.h, s.w, sd, 2, 2, x.data(), y.data(), stream_);
+        else ops::upsample_linear_forward(s.n * s.c, s.d, s.h, s.w, sd, 2, 2, x.data(), y.data(), stream_);
         s = o;
         return y;
     }
@@ -622,19 +707,21 @@ private:
                 fail("forward: spatial sizes must be positive multiples of 2**depth = " + std::to_string(k) + ", got " +
                      std::to_string(sp[a]));
         Shape s = {N, in_channels, sp[0], sp[1], sp[2]};
-        std::vector<float> h(x, x + N * in_channels * s.S());
-        std::vector<std::pair<std::vector<float>, Shape>> skips;
+        Buffer h = upload(x, s.size());
+        std::vector<std::pair<Buffer, Shape>> skips;
         for (int64_t i = 0; i < depth; ++i) {
             h = apply_block(enc_[size_t(i)], h, s);
-            skips.emplace_back(h, s);
+            Shape ps = s;
+            Buffer next;
             if (down == "maxpool") {
-                h = pool(h, s);
+                next = pool(h, ps);
             } else {
                 const Down& d = down_[size_t(i)];
-                h = apply_conv(d.conv, h, s);
-                if (batchnorm) apply_bn(d.bn, h, s);
-                relu(h);
+                next = apply_conv(d.conv, h, ps);
+                bn_relu(batchnorm ? &d.bn : nullptr, next, ps);
             }
+            skips.emplace_back(std::move(h), s);
+            h = std::move(next), s = ps;
         }
         h = apply_block(bottom_, h, s);
         for (int64_t i = 0; i < depth; ++i) {
@@ -642,14 +729,14 @@ private:
             if (u.transpose) h = apply_convT(u.conv, h, s);
             else { h = upsample(h, s); h = apply_conv(u.conv, h, s); }
             const auto& [skip, ss] = skips[size_t(depth - 1 - i)];
-            const Shape o = {s.n, s.c + ss.c, s.d, s.h, s.w};
-            std::vector<float> cat(size_t(o.n * o.c * o.S()));
-            concat_copy(s.n, s.c, s.S(), h.data(), s.c, 0, cat.data(), o.c, 0);
-            concat_copy(s.n, ss.c, s.S(), skip.data(), ss.c, 0, cat.data(), o.c, s.c);
+            const Shape o = {s.n, s.c + ss.c, s.d, s.h, s.w};   // cat(upsampled, skip) along channels
+            Buffer cat(o.size(), &arena_);
+            ops::concat_copy(s.n, s.c, s.S(), h.data(), s.c, 0, cat.data(), o.c, 0, stream_);
+            ops::concat_copy(s.n, ss.c, s.S(), skip.data(), ss.c, 0, cat.data(), o.c, s.c, stream_);
             s = o;
             h = apply_block(dec_[size_t(i)], cat, s);
         }
-        return apply_conv(head_, h, s);
+        return download(apply_conv(head_, h, s));
     }
 };
 

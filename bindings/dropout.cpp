@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/dropout.cuh"
 
 void cunet::bind_dropout(py::module_& m) {
     CUNET_DEF(dropout_forward, [](int64_t n, P x, P y, float p, int64_t seed_lo, int64_t seed_hi) {

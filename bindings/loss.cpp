@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/loss.cuh"
 
 void cunet::bind_loss(py::module_& m) {
     CUNET_DEF(softmax_loss_partials, [](int64_t N, int64_t K, int64_t S, P z, P y, P w, float smooth, int64_t blocks,

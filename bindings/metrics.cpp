@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/metrics.cuh"
 
 void cunet::bind_metrics(py::module_& m) {
     CUNET_DEF(confusion_histogram, [](int64_t n, int64_t K, P pred, P target, P tp, P fp, P fn) {

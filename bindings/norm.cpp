@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/norm.cuh"
 
 void cunet::bind_norm(py::module_& m) {
     CUNET_DEF(batchnorm_stats_partials, [](int64_t N, int64_t C, int64_t S, int64_t G, P x, P part) {

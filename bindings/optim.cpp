@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/optim.cuh"
 
 void cunet::bind_optim(py::module_& m) {
     CUNET_DEF(sgd_update, [](int64_t n, P param, P grad, P velocity, float lr, float momentum, int64_t nesterov,

@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/pool.cuh"
 
 void cunet::bind_pool(py::module_& m) {
     CUNET_DEF(maxpool_forward, [](int64_t NC, int64_t D, int64_t H, int64_t W, int64_t Do, int64_t Ho, int64_t Wo,

@@ -1,5 +1,4 @@
 #include "bind.h"
-#include "../kernels/upsample.cuh"
 
 void cunet::bind_upsample(py::module_& m) {
 #define BIND(name)                                                                                      \

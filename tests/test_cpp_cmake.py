@@ -1,8 +1,13 @@
-"""The CMake package: build + install the cunet::cunet INTERFACE target, consume it from a
-separate project with find_package(cunet), and run examples/cpp/segment on NIfTI files
-(nibabel-written) against the Python pipeline: cunet.data.normalize + predict_volume_2d."""
+"""The CMake package: build + install libcunet (cunet::cunet), consume it from a separate
+project with find_package(cunet) (from the install prefix, and from a pip-installed package),
+and run examples/cpp/segment on NIfTI files (nibabel-written) against the Python pipeline:
+cunet.data.normalize + predict_volume_2d along the checkpoint's axis. The CUDA build
+(-DCUNET_CUDA=ON, nvcc) is compiled here; running it needs a GPU."""
 
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -21,13 +26,27 @@ NORM = {"method": "zscore", "clip": [0.5, 99.5], "mask": "all"}
 CONSUMER = """cmake_minimum_required(VERSION 3.18)
 project(cunet_consumer LANGUAGES CXX)
 find_package(cunet REQUIRED)
+find_package(ZLIB REQUIRED)   # the example's .nii.gz support
 add_executable(segment {src})
-target_link_libraries(segment PRIVATE cunet::cunet)
+target_link_libraries(segment PRIVATE cunet::cunet ZLIB::ZLIB)
+target_compile_definitions(segment PRIVATE CUNET_WITH_ZLIB)
 """
 
 
+def consumer_segment(tmp, *cmake_args):
+    """examples/cpp/segment.cpp built by a project of its own that finds cunet with find_package."""
+    consumer, build = tmp / "consumer", tmp / "consumer-build"
+    consumer.mkdir()
+    (consumer / "CMakeLists.txt").write_text(CONSUMER.format(src=(ROOT / "examples/cpp/segment.cpp").as_posix()))
+    sh("cmake", "-S", consumer, "-B", build, "-DCMAKE_BUILD_TYPE=Release", *cmake_args)
+    sh("cmake", "--build", build, "-j2")
+    assert (build / "segment").is_file()
+    return build / "segment"
+
+
 def sh(*cmd, cwd=None):
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, timeout=300)
+    # generous: compiling the kernels takes minutes on a loaded 2-core machine
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, timeout=1200)
     assert out.returncode == 0, f"{' '.join(map(str, cmd))}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
@@ -40,18 +59,10 @@ def installed(tmp_path_factory):
     sh("cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release")   # CUNET_BUILD_EXAMPLES defaults ON
     sh("cmake", "--build", build, "-j2")
     sh("cmake", "--install", build, "--prefix", prefix)
-    assert (prefix / "include/cunet/bindings/cunet_runner.h").is_file()
-    assert (prefix / "include/cunet/kernels/cunet.cuh").is_file() and (prefix / "bin/segment").is_file()
-    assert list(prefix.glob("lib*/cmake/cunet/cunetConfig.cmake"))
-    consumer = tmp / "consumer"
-    consumer.mkdir()
-    (consumer / "CMakeLists.txt").write_text(CONSUMER.format(src=(ROOT / "examples/cpp/segment.cpp").as_posix()))
-    cbuild = tmp / "consumer-build"
-    sh("cmake", "-S", consumer, "-B", cbuild, "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={prefix}")
-    sh("cmake", "--build", cbuild, "-j2")
-    exe = cbuild / "segment"
-    assert exe.is_file()
-    return prefix, exe
+    for f in ("lib/libcunet.so", "include/cunet/bindings/cunet.h", "include/cunet/bindings/cunet_runner.h",
+              "include/cunet/kernels/cunet.cuh", "bin/segment", "lib/cmake/cunet/cunetConfig.cmake"):
+        assert (prefix / f).is_file(), f
+    return prefix, consumer_segment(tmp, f"-DCMAKE_PREFIX_PATH={prefix}")
 
 
 def affine():
@@ -182,9 +193,11 @@ def test_nifti_other_models_and_normalisations(installed, tmp_path, case):
     assert len(np.unique(want)) > 1
 
 
-def test_gz_without_zlib_is_a_clear_error(tmp_path):
+def test_gz_without_zlib_is_a_clear_error(tmp_path, installed):
+    prefix, _ = installed
     exe = tmp_path / "segment_nozlib"
-    sh("g++", "-O0", "-std=c++20", "-fopenmp", "-Wno-psabi", f"-I{ROOT}", ROOT / "examples/cpp/segment.cpp", "-o", exe)
+    sh("g++", "-O0", "-std=c++20", f"-I{prefix / 'include/cunet'}", ROOT / "examples/cpp/segment.cpp",
+       prefix / "lib/libcunet.so", f"-Wl,-rpath,{prefix / 'lib'}", "-o", exe)
     _, ckpt, vol = model_and_volume(tmp_path)
     nib.save(nib.Nifti1Image(vol, affine()), tmp_path / "in.nii.gz")
     out = subprocess.run([str(exe), str(ckpt), str(tmp_path / "in.nii.gz"), str(tmp_path / "o.nii")],
@@ -194,3 +207,137 @@ def test_gz_without_zlib_is_a_clear_error(tmp_path):
     out = subprocess.run([str(exe), str(ckpt), str(tmp_path / "in.nii"), str(tmp_path / "o.nii")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_2d_model_slices_along_the_checkpoint_axis(installed, tmp_path, axis):
+    """extra["axis"] (cunet train --axis): slices along X or Y, as cunet predict does; padded
+    in-plane sizes (30, 27, 12 are not multiples of 4) and a non-cubic grid."""
+    _, exe = installed
+    model = UNet(dims=2, in_channels=1, out_channels=3, base=4, depth=2, up="linear", norm="batch", seed=4)
+    save_checkpoint(tmp_path / "m.safetensors", model, extra={"normalization": NORM, "axis": axis})
+    vol = (np.random.default_rng(5).normal(size=(30, 27, 12)) * 40 + 100).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, affine()), tmp_path / "in.nii")
+    out = subprocess.run([str(exe), str(tmp_path / "m.safetensors"), str(tmp_path / "in.nii"), str(tmp_path / "o.nii")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = np.asarray(nib.load(tmp_path / "o.nii").dataobj)
+    model.train(False)
+    logits = np.asarray(predict_volume_2d(model, normalize(vol, NORM)[None], axis=axis))
+    top = np.sort(logits, axis=0)
+    want, gap = logits.argmax(axis=0), top[-1] - top[-2]
+    differ = got != want
+    assert not (differ & (gap > 1e-3)).any(), f"{differ.sum()} labels differ"
+    assert len(np.unique(want)) > 1
+    # ... and the axis matters: slicing along Z labels this volume differently
+    z = np.asarray(predict_volume_2d(model, normalize(vol, NORM)[None], axis=2)).argmax(axis=0)
+    assert (z != want).mean() > 0.05
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1.5, "z", None])
+def test_bad_axis_is_a_clear_error(installed, tmp_path, bad):
+    _, exe = installed
+    model, _, vol = model_and_volume(tmp_path)
+    save_checkpoint(tmp_path / "m.safetensors", model, extra={"axis": bad})
+    nib.save(nib.Nifti1Image(vol, affine()), tmp_path / "in.nii")
+    out = subprocess.run([str(exe), str(tmp_path / "m.safetensors"), str(tmp_path / "in.nii"), str(tmp_path / "o.nii")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "'axis': expected 0, 1 or 2" in out.stderr and "m.safetensors" in out.stderr, out.stderr
+
+
+def test_pip_installed_package_is_found_by_cmake(tmp_path):
+    """`pip install .` ships libcunet, the headers and cunetConfig.cmake inside the package:
+    cunet._native loads the packaged library, `python -m cunet.cmake` names the config
+    directory, and a C++ project built against it labels a volume as Python does."""
+    site = tmp_path / "site"
+    sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", site, ROOT)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    pkg = site / "cunet"
+    probe = ("import cunet, cunet._native as n; print(json.dumps([cunet.__file__, n.build, "
+             "[l.split()[-1] for l in open('/proc/self/maps') if 'libcunet' in l][0]]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + probe], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mod, build, lib = json.loads(out.stdout)
+    assert Path(mod).parent == pkg and build == "host" and Path(lib) == pkg / "lib/libcunet.so"
+    out = subprocess.run([sys.executable, "-m", "cunet.cmake"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and Path(out.stdout.strip()) == pkg / "lib/cmake/cunet", out.stderr
+    assert (pkg / "include/cunet/bindings/cunet_runner.h").is_file()
+    exe = consumer_segment(tmp_path, f"-Dcunet_DIR={out.stdout.strip()}")
+    model, ckpt, vol = model_and_volume(tmp_path)
+    nib.save(nib.Nifti1Image(vol, affine()), tmp_path / "in.nii.gz")
+    run = subprocess.run([str(exe), str(ckpt), str(tmp_path / "in.nii.gz"), str(tmp_path / "o.nii.gz")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    want, gap = python_labels(model, vol)
+    got = np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj)
+    assert not ((got != want) & (gap > 1e-3)).any()
+
+
+def test_cmake_module_reports_an_unbuilt_package(tmp_path, monkeypatch, capsys):
+    from cunet import cmake
+    monkeypatch.setattr(cmake, "PACKAGE", tmp_path / "cunet")
+    assert cmake.main([]) == 1
+    err = capsys.readouterr().err
+    assert "cunetConfig.cmake is missing" in err and "was not built" in err
+    assert cmake.main(["--bogus"]) == 2 and "usage" in capsys.readouterr().err
+
+
+# ---- the CUDA build: compiled here (nvcc, no GPU needed); run only where there is a GPU
+
+@pytest.fixture(scope="module")
+def cuda_build(tmp_path_factory):
+    """cmake -DCUNET_CUDA=ON with the default architectures: libcunet by nvcc, segment by the
+    C++ compiler against it."""
+    build = tmp_path_factory.mktemp("cuda") / "build"
+    sh("cmake", "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", "-DCUNET_CUDA=ON",
+       "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
+    sh("cmake", "--build", build, "-j2")
+    return build
+
+
+def test_cuda_build_compiles(cuda_build):
+    lib = cuda_build / "libcunet.so"
+    commands = json.loads((cuda_build / "compile_commands.json").read_text())
+    nvcc = [c for c in commands if "nvcc" in c["command"]]
+    assert {Path(c["file"]).name for c in nvcc} == {p.name for p in ROOT.glob("bindings/lib/*.cpp")}
+    for arch in ("80", "90"):   # the default architecture list
+        assert all(f"arch=compute_{arch},code=[compute_{arch},sm_{arch}]" in c["command"] for c in nvcc)
+    assert ".nv_fatbin" in sh("readelf", "-S", lib).stdout   # device code is in the library
+    exported = sh("nm", "-DC", "--defined-only", lib).stdout
+    for op in ("conv_forward", "upsample_linear_forward", "concat_copy", "copy_to_device", "synchronize"):
+        assert f"cunet::ops::{op}(" in exported
+    # the program is plain C++: it links libcunet, not the CUDA runtime (cudart is inside the library)
+    needed = sh("readelf", "-d", cuda_build / "segment").stdout
+    assert "[libcunet.so]" in needed and "cudart" not in needed
+
+
+def test_cuda_segment_runs_or_says_why(cuda_build, tmp_path):
+    """On any machine: labels (a GPU is present) or, without a usable GPU, the CUDA error as
+    one line naming the failed call; never a crash."""
+    model, ckpt, vol = model_and_volume(tmp_path)
+    vol[:, :, :2].transpose(2, 0, 1).copy().tofile(tmp_path / "in.raw")   # (D, H, W) = (2, 32, 32)
+    out = subprocess.run([str(cuda_build / "segment"), str(ckpt), str(tmp_path / "in.raw"), "2", "32", "32",
+                          str(tmp_path / "o.raw")], capture_output=True, text=True, timeout=120)
+    assert out.returncode in (0, 1), (out.returncode, out.stderr)
+    if out.returncode == 1:
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("segment: error: cunet: cudaMalloc of "), out.stderr
+    else:
+        assert (tmp_path / "o.raw").stat().st_size == 2 * 32 * 32
+
+
+@pytest.mark.gpu
+def test_cuda_segment_matches_python(cuda_build, tmp_path):
+    """The runner on the GPU (weights uploaded once, activations in device memory): labels as
+    Python's, up to float32 differences between the GPU and CPU sums (top-two gap > 1e-3)."""
+    model, ckpt, vol = model_and_volume(tmp_path)
+    nib.save(nib.Nifti1Image(vol, affine()), tmp_path / "in.nii.gz")
+    out = subprocess.run([str(cuda_build / "segment"), str(ckpt), str(tmp_path / "in.nii.gz"),
+                          str(tmp_path / "o.nii.gz")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    want, gap = python_labels(model, vol)
+    got = np.asarray(nib.load(tmp_path / "o.nii.gz").dataobj)
+    assert not ((got != want) & (gap > 1e-3)).any()
+    assert len(np.unique(want)) > 1

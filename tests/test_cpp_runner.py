@@ -1,15 +1,17 @@
-"""The C++ runner (bindings/cunet_runner.h) through examples/cpp/segment.cpp: it loads
-checkpoints written by cunet.train.save_checkpoint and labels raw volumes exactly as the
-Python model does; bad or corrupted checkpoint files give a one-line error and a non-zero
-exit status, never a crash."""
+"""The C++ runner (bindings/cunet_runner.h) through examples/cpp/segment.cpp, linked to the
+package's libcunet (the library cunet._native runs): it loads checkpoints written by
+cunet.train.save_checkpoint and labels raw volumes exactly as the Python model does; bad or
+corrupted checkpoint files give a one-line error and a non-zero exit status, never a crash."""
 import json
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cunet import cmake as package
 from cunet.metrics import predict
 from cunet.nn.unet import UNet
 from cunet.train import save_checkpoint
@@ -19,11 +21,32 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def segment(tmp_path_factory):
+    """segment built as a C++ user builds it by hand: the package's headers and libcunet."""
     exe = tmp_path_factory.mktemp("build") / "segment"
-    out = subprocess.run(["g++", "-O2", "-std=c++20", "-fopenmp", "-Wno-psabi", f"-I{ROOT}",
-                          str(ROOT / "examples/cpp/segment.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    lib = package.library()
+    out = subprocess.run(["g++", "-O2", "-std=c++20", f"-I{package.include_dir()}", str(ROOT / "examples/cpp/segment.cpp"),
+                          str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return exe
+
+
+def test_native_and_segment_share_libcunet(segment):
+    """One compiled copy of the kernels: cunet._native and segment both load libcunet.so,
+    which exports the launchers, and neither contains a kernel itself."""
+    from cunet import _native
+    probe = "import cunet._native; print(''.join(l for l in open('/proc/self/maps') if 'libcunet' in l))"
+    maps = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT).stdout
+    assert str(package.library().resolve()) in maps
+    needed = subprocess.run(["readelf", "-d", _native.__file__], capture_output=True, text=True).stdout
+    assert "[libcunet.so]" in needed and "$ORIGIN/lib" in needed
+    assert "[libcunet.so]" in subprocess.run(["readelf", "-d", str(segment)], capture_output=True, text=True).stdout
+    exported = subprocess.run(["nm", "-DC", "--defined-only", str(package.library())], capture_output=True,
+                              text=True).stdout
+    for op in ("conv_forward", "maxpool_forward", "batchnorm_normalize", "adam_update", "device_alloc"):
+        assert f"cunet::ops::{op}(" in exported
+    for exe in (_native.__file__, segment):   # the kernels (extern "C" conv_forward, ...) are not linked in again
+        syms = subprocess.run(["nm", "-C", str(exe)], capture_output=True, text=True).stdout.split()
+        assert "conv_forward" not in syms and "conv_host" not in " ".join(syms)
 
 
 def run(exe, model, volume_path, shape, out_path):
@@ -224,11 +247,14 @@ def test_random_corruptions_never_crash(segment, tmp_path, valid):
 
 @pytest.fixture(scope="module")
 def segment_sanitized(tmp_path_factory):
-    """The example built with AddressSanitizer + UndefinedBehaviorSanitizer, aborting on any report."""
+    """The example built with AddressSanitizer + UndefinedBehaviorSanitizer, aborting on any report;
+    libcunet's sources are compiled into it with the same instrumentation, so the kernels of
+    the forward pass are checked too."""
     exe = tmp_path_factory.mktemp("asan") / "segment"
     out = subprocess.run(["g++", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                           "-fno-omit-frame-pointer", "-std=c++20", "-fopenmp", "-Wno-psabi", f"-I{ROOT}",
-                          str(ROOT / "examples/cpp/segment.cpp"), "-o", str(exe)], capture_output=True, text=True)
+                          str(ROOT / "examples/cpp/segment.cpp"), *map(str, sorted(ROOT.glob("bindings/lib/*.cpp"))),
+                          "-o", str(exe)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return exe
 

@@ -5,18 +5,24 @@
 //
 // NIfTI mode: the volume's axes are X, Y, Z in NIfTI order (a 4th axis = channels). It is
 // normalised as the checkpoint's "cunet.extra" metadata key "normalization" says (as
-// cunet.data.normalize, per channel; no key: no normalisation), padded with zeros to a
-// multiple of 2**depth (centred, as cunet.infer does) and cropped back; a 2D model runs
-// slice by slice along Z (cunet's axis=2), a 3D model on the whole volume. OUTPUT: uint8
-// labels on the input grid (the input header, qform/sform included). .nii.gz needs zlib
-// (-DCUNET_WITH_ZLIB -lz).
+// cunet.data.normalize, per channel; no key: no normalisation). A 2D model runs slice by
+// slice along the axis it was trained along, "cunet.extra" key "axis" (0 = X, 1 = Y, 2 = Z;
+// no key: 2), as `cunet predict` (cunet.infer.predict_volume_2d) does; a 3D model on the
+// whole volume. Each slice (or the volume) is padded with zeros to a multiple of 2**depth
+// (centred, as cunet.infer does) and cropped back. OUTPUT: uint8 labels on the input grid
+// (the input header, qform/sform included). .nii.gz needs zlib (-DCUNET_WITH_ZLIB -lz).
 //
 // Raw mode:
 // INPUT.raw: float32, C order, shape (D, H, W) (or (C, D, H, W) for a model with C > 1 input
-// channels). A 2D model is applied slice by slice along the first axis (each slice (H, W));
-// a 3D model to the whole volume. OUTPUT.raw: uint8 labels, shape (D, H, W).
-// Build: g++ -O2 -std=c++20 -fopenmp -I. examples/cpp/segment.cpp -o segment  (+ -DCUNET_WITH_ZLIB -lz),
-// or CMake: target cunet::cunet, option CUNET_BUILD_EXAMPLES.
+// channels). A 2D model is applied slice by slice along the first axis (each slice (H, W);
+// raw volumes carry no axis names, so "axis" does not apply); a 3D model to the whole
+// volume. OUTPUT.raw: uint8 labels, shape (D, H, W). No normalisation.
+//
+// Build: CMake (CUNET_BUILD_EXAMPLES, or a project of its own: find_package(cunet), target
+// cunet::cunet, plus ZLIB::ZLIB and CUNET_WITH_ZLIB for .nii.gz), or by hand against libcunet
+// (L = $(python -m cunet.cmake --lib)):   g++ -O2 -std=c++20 -I$(python -m cunet.cmake --include)
+//   examples/cpp/segment.cpp $L -Wl,-rpath,$(dirname $L) -o segment   (+ -DCUNET_WITH_ZLIB -lz)
+// The same program runs on the GPU when libcunet is the CUDA build.
 // Errors: one line on stderr, exit status 1 (2 for bad usage).
 #include <algorithm>
 #include <cmath>
@@ -51,10 +57,10 @@ struct Norm {
     double lo = 0.5, hi = 99.5;
 };
 
-// The checkpoint's "cunet.extra" -> "normalization"; false when there is none.
-static bool read_normalization(const cunet::Checkpoint& ck, Norm& n) {
+// The checkpoint's "cunet.extra" metadata (JSON object; null when there is none).
+static cunet::json::Value read_extra(const cunet::Checkpoint& ck) {
     const auto it = ck.metadata.find("cunet.extra");
-    if (it == ck.metadata.end()) return false;
+    if (it == ck.metadata.end()) return {};
     const std::string where = "checkpoint '" + ck.path + "': metadata 'cunet.extra' ";
     cunet::json::Value extra;
     try {
@@ -63,6 +69,25 @@ static bool read_normalization(const cunet::Checkpoint& ck, Norm& n) {
         throw std::runtime_error(where + "is not valid JSON (" + e.what() + ")");
     }
     if (extra.type != cunet::json::Value::Object) throw std::runtime_error(where + "is not a JSON object");
+    return extra;
+}
+
+// "axis": the spatial axis a 2D model was trained along (cunet train --axis); 2 when absent.
+static int read_axis(const cunet::Checkpoint& ck, const cunet::json::Value& extra) {
+    const cunet::json::Value* v = extra.type == cunet::json::Value::Object ? extra.find("axis") : nullptr;
+    if (!v) return 2;
+    int64_t a;
+    if (!v->as_int(a) || a < 0 || a > 2)
+        throw std::runtime_error("checkpoint '" + ck.path + "': metadata 'cunet.extra' 'axis': expected 0, 1 or 2, got " +
+                                 (v->type == cunet::json::Value::Number || v->type == cunet::json::Value::String
+                                      ? cunet::quoted(v->str) : std::string("a non-number")));
+    return int(a);
+}
+
+// "normalization" of "cunet.extra"; false when there is none.
+static bool read_normalization(const cunet::Checkpoint& ck, const cunet::json::Value& extra, Norm& n) {
+    if (extra.type != cunet::json::Value::Object) return false;
+    const std::string where = "checkpoint '" + ck.path + "': metadata 'cunet.extra' ";
     const cunet::json::Value* cfg = extra.find("normalization");
     if (!cfg || cfg->type == cunet::json::Value::Null) return false;
     if (cfg->type != cunet::json::Value::Object) throw std::runtime_error(where + "'normalization' is not an object");
@@ -155,7 +180,9 @@ static int run_nifti(const std::string& model, const std::string& in, const std:
     const cunet::UNet2D3D net(ck);
     if (net.out_channels > 256) throw std::runtime_error("model has more than 256 classes: labels do not fit uint8");
     Norm norm;
-    const bool normalise = read_normalization(ck, norm);
+    const cunet::json::Value extra = read_extra(ck);
+    const bool normalise = read_normalization(ck, extra, norm);
+    const int axis = read_axis(ck, extra);
     cunet::nifti::Image im = cunet::nifti::read(in);
     const int64_t X = im.nx, Y = im.ny, Z = im.nz, C = im.nc, V = X * Y * Z;
     if (C != net.in_channels)
@@ -167,12 +194,11 @@ static int run_nifti(const std::string& model, const std::string& in, const std:
         for (int64_t c = 0; c < C; ++c) normalize_one(im.data.data() + c * V, V, norm);
     const int64_t k = int64_t(1) << net.depth;
     const auto up = [k](int64_t s) { return (s + k - 1) / k * k; };
-    const int64_t PX = up(X), PY = up(Y), lx = (PX - X) / 2, ly = (PY - Y) / 2;
-    if (C * PX * PY * up(Z) > (int64_t(1) << 34)) throw std::runtime_error("volume too large");
-    const float* v = im.data.data();
+    if (C * up(X) * up(Y) * up(Z) > (int64_t(1) << 34)) throw std::runtime_error("volume too large");
+    const float* v = im.data.data();   // (C, Z, Y, X) in memory: x fastest
     std::vector<uint8_t> out(static_cast<size_t>(V));
     if (net.dims == 3) {
-        const int64_t PZ = up(Z), lz = (PZ - Z) / 2;
+        const int64_t PX = up(X), PY = up(Y), PZ = up(Z), lx = (PX - X) / 2, ly = (PY - Y) / 2, lz = (PZ - Z) / 2;
         std::vector<float> x(size_t(C * PX * PY * PZ), 0.f);   // (C, X, Y, Z), C order
         for (int64_t c = 0; c < C; ++c)
             for (int64_t z = 0; z < Z; ++z)
@@ -185,20 +211,27 @@ static int run_nifti(const std::string& model, const std::string& in, const std:
                 for (int64_t xx = 0; xx < X; ++xx)
                     out[size_t((z * Y + y) * X + xx)] = uint8_t(lab[size_t(((xx + lx) * PY + y + ly) * PZ + z + lz)]);
     } else {
-        const int64_t batch = 8, S = PX * PY;   // slices (X, Y) along Z, several per forward pass
-        for (int64_t z0 = 0; z0 < Z; z0 += batch) {
-            const int64_t n = std::min(batch, Z - z0);
-            std::vector<float> xb(size_t(n * C * S), 0.f);   // (n, C, X, Y)
+        // Slices along `axis`; the slice's axes (a, b) are the other two in X, Y, Z order, as
+        // numpy.moveaxis(volume, axis + 1, 0) gives them to cunet.infer.
+        const int64_t size[3] = {X, Y, Z}, stride[3] = {1, X, X * Y};   // voxel steps in v
+        const int a = axis == 0 ? 1 : 0, b = axis == 2 ? 1 : 2;
+        const int64_t A = size[a], B = size[b], PA = up(A), PB = up(B), la = (PA - A) / 2, lb = (PB - B) / 2;
+        const int64_t n_slices = size[axis], batch = 8, S = PA * PB;   // several slices per forward pass
+        for (int64_t i0 = 0; i0 < n_slices; i0 += batch) {
+            const int64_t n = std::min(batch, n_slices - i0);
+            std::vector<float> xb(size_t(n * C * S), 0.f);   // (n, C, PA, PB)
             for (int64_t i = 0; i < n; ++i)
                 for (int64_t c = 0; c < C; ++c)
-                    for (int64_t y = 0; y < Y; ++y)
-                        for (int64_t xx = 0; xx < X; ++xx)
-                            xb[size_t((i * C + c) * S + (xx + lx) * PY + y + ly)] = v[((c * Z + z0 + i) * Y + y) * X + xx];
-            const auto lab = net.labels(net.forward(xb.data(), n, PX, PY), n);
+                    for (int64_t ia = 0; ia < A; ++ia)
+                        for (int64_t ib = 0; ib < B; ++ib)
+                            xb[size_t((i * C + c) * S + (ia + la) * PB + ib + lb)] =
+                                v[c * V + (i0 + i) * stride[axis] + ia * stride[a] + ib * stride[b]];
+            const auto lab = net.labels(net.forward(xb.data(), n, PA, PB), n);
             for (int64_t i = 0; i < n; ++i)
-                for (int64_t y = 0; y < Y; ++y)
-                    for (int64_t xx = 0; xx < X; ++xx)
-                        out[size_t(((z0 + i) * Y + y) * X + xx)] = uint8_t(lab[size_t(i * S + (xx + lx) * PY + y + ly)]);
+                for (int64_t ia = 0; ia < A; ++ia)
+                    for (int64_t ib = 0; ib < B; ++ib)
+                        out[size_t((i0 + i) * stride[axis] + ia * stride[a] + ib * stride[b])] =
+                            uint8_t(lab[size_t(i * S + (ia + la) * PB + ib + lb)]);
         }
     }
     cunet::nifti::write_labels(outp, im, out);
