@@ -63,12 +63,24 @@ CUNET_API void softmax_backward(int64_t N, int64_t C, int64_t S, const float* dy
 CUNET_API void bias_add(int64_t N, int64_t C, int64_t S, const float* b, float* y, void* stream = nullptr);
 
 // ---- conv (b may be null); channel_sum: out (C,) = sum of x (N, C, S) over N and S
+// precision: 0 fp32, 1 tf32, 2 bf16 (the GEMM operands on the GPU; the host build's CPU
+// variants compute fp32). relu: max(y, 0) fused into the forward's epilogue.
+// *_cat: the input (x, or dx) given as two arrays, channels [0, C1) and [C1, Ci) (x2 / dx2):
+// a concatenation read or written in place.
 CUNET_API void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y,
-                            void* stream = nullptr);
+                            int precision = 0, bool relu = false, void* stream = nullptr);
 CUNET_API void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
-                                  void* stream = nullptr);
+                                  int precision = 0, void* stream = nullptr);
 CUNET_API void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw,
-                                    void* stream = nullptr);
+                                    int precision = 0, void* stream = nullptr);
+CUNET_API void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const float* x2, const float* w,
+                                const float* b, float* y, int precision = 0, bool relu = false,
+                                void* stream = nullptr);
+CUNET_API void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
+                                      float* dx, float* dx2, int precision = 0, void* stream = nullptr);
+CUNET_API void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x,
+                                        const float* x2, float* dw, int precision = 0, void* stream = nullptr);
+CUNET_API int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K);   // K per split-K slice (CuPy path)
 CUNET_API void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, void* stream = nullptr);
 
 // ---- pool: x (NC, D, H, W) -> y, argmax (NC, Do, Ho, Wo) (flat index in the input plane)
@@ -94,17 +106,24 @@ CUNET_API void concat_copy(int64_t N, int64_t C, int64_t S, const float* src, in
                            float* dst, int64_t dst_C, int64_t dst_off, void* stream = nullptr);
 
 // ---- norm (batch norm over N and S of (N, C, S); per-channel vectors (C,))
-CUNET_API void batchnorm_stats(int64_t N, int64_t C, int64_t S, const float* x, float* mean, float* invstd,
-                               float* running_mean, float* running_var, float momentum, float eps,
-                               void* stream = nullptr);
+// stats and backward reduce: partials over G slices per channel (workspace part, C*G*2
+// floats; batchnorm_groups picks G), then a finalize over C
+CUNET_API int64_t batchnorm_groups(int64_t N, int64_t C, int64_t S);
+CUNET_API void batchnorm_stats_partials(int64_t N, int64_t C, int64_t S, int64_t G, const float* x, float* part,
+                                        void* stream = nullptr);
+CUNET_API void batchnorm_stats_finalize(int64_t N, int64_t C, int64_t S, int64_t G, const float* part, float* mean,
+                                        float* invstd, float* running_mean, float* running_var, float momentum,
+                                        float eps, void* stream = nullptr);
 CUNET_API void batchnorm_eval_stats(int64_t C, const float* running_mean, const float* running_var, float* mean,
                                     float* invstd, float eps, void* stream = nullptr);
 CUNET_API void batchnorm_normalize(int64_t N, int64_t C, int64_t S, const float* x, const float* mean,
                                    const float* invstd, const float* gamma, const float* beta, float* y,
                                    void* stream = nullptr);
-CUNET_API void batchnorm_backward_reduce(int64_t N, int64_t C, int64_t S, const float* dy, const float* x,
-                                         const float* mean, const float* invstd, float* dgamma, float* dbeta,
-                                         void* stream = nullptr);
+CUNET_API void batchnorm_backward_partials(int64_t N, int64_t C, int64_t S, int64_t G, const float* dy,
+                                           const float* x, const float* mean, const float* invstd, float* part,
+                                           void* stream = nullptr);
+CUNET_API void batchnorm_backward_finalize(int64_t C, int64_t G, const float* part, float* dgamma, float* dbeta,
+                                           void* stream = nullptr);
 CUNET_API void batchnorm_backward_data(int64_t N, int64_t C, int64_t S, const float* dy, const float* x,
                                        const float* mean, const float* invstd, const float* gamma,
                                        const float* dgamma, const float* dbeta, float* dx, int64_t training,
@@ -115,6 +134,11 @@ CUNET_API void dropout_forward(int64_t n, const float* x, float* y, float p, int
                                void* stream = nullptr);
 CUNET_API void dropout_backward(int64_t n, const float* dy, float* dx, float p, int64_t seed_lo, int64_t seed_hi,
                                 void* stream = nullptr);
+// *_seeded: the seed pair read from memory, seed[0..1] (a captured CUDA graph rereads it)
+CUNET_API void dropout_forward_seeded(int64_t n, const float* x, float* y, float p, const int64_t* seed,
+                                      void* stream = nullptr);
+CUNET_API void dropout_backward_seeded(int64_t n, const float* dy, float* dx, float p, const int64_t* seed,
+                                       void* stream = nullptr);
 
 // ---- loss (partials: blocks x per-block sums; see kernels/loss.cuh)
 CUNET_API void softmax_loss_partials(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
@@ -143,6 +167,13 @@ CUNET_API void adam_update(int64_t n, float* param, const float* grad, float* m,
                            float one_minus_beta1, float one_minus_beta2, float eps, float weight_decay, float l1,
                            int64_t decoupled, float bias_correction1, float bias_correction2_sqrt,
                            void* stream = nullptr);
+// *_scalars: lr and the bias corrections read from memory (kernels/optim.cuh: scalars)
+CUNET_API void sgd_update_scalars(int64_t n, float* param, const float* grad, float* velocity, const float* scalars,
+                                  float momentum, int64_t nesterov, float weight_decay, float l1,
+                                  void* stream = nullptr);
+CUNET_API void adam_update_scalars(int64_t n, float* param, const float* grad, float* m, float* v,
+                                   const float* scalars, float one_minus_beta1, float one_minus_beta2, float eps,
+                                   float weight_decay, float l1, int64_t decoupled, void* stream = nullptr);
 CUNET_API void norms_partials(int64_t n, const float* x, float* partials, void* stream = nullptr);
 CUNET_API void norms_finalize(int64_t G, const float* partials, float* out, float w_abs, float w_sq,
                               void* stream = nullptr);

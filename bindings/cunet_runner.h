@@ -435,6 +435,7 @@ public:
     int64_t in_channels = 1, out_channels = 1, base = 16, depth = 4;
     std::string up = "transpose", down = "maxpool";
     bool batchnorm = false;
+    int precision = 0;   // config "precision": 0 fp32, 1 tf32, 2 bf16 conv operands (CUDA build; the host computes fp32)
 
     UNet2D3D(const UNet2D3D&) = delete;   // buffers point into this object's arena
     UNet2D3D& operator=(const UNet2D3D&) = delete;
@@ -482,6 +483,10 @@ public:
                 if (!v.as_int(s) || s < 0) fail(k + "expected a non-negative integer");
             } else if (key == "init") {      // ignored
                 if (v.type != json::Value::String) fail(k + "expected a string");
+            } else if (key == "precision") {
+                if (v.type != json::Value::String || (v.str != "fp32" && v.str != "tf32" && v.str != "bf16"))
+                    fail(k + "expected \"fp32\", \"tf32\" or \"bf16\"");
+                precision = v.str == "fp32" ? 0 : v.str == "tf32" ? 1 : 2;
             } else {
                 fail("unknown model config field " + quoted(key));
             }
@@ -648,7 +653,7 @@ private:
                          (s.w + 2 * c.pad - c.k) / c.stride + 1};
         Buffer y(o.size(), &arena_);
         ops::conv_forward(s.n, c.ci, c.co, s.d, s.h, s.w, o.d, o.h, o.w, kd, c.k, c.k, sd, c.stride, c.stride, pd, c.pad,
-                          c.pad, 1, 1, 1, x.data(), c.w, c.b, y.data(), stream_);
+                          c.pad, 1, 1, 1, x.data(), c.w, c.b, y.data(), precision, false, stream_);
         s = o;
         return y;
     }
@@ -659,7 +664,7 @@ private:
         const Shape o = {s.n, c.co, s.d * sd, s.h * 2, s.w * 2};
         Buffer y(o.size(), &arena_);
         ops::conv_backward_data(s.n, c.co, c.ci, o.d, o.h, o.w, s.d, s.h, s.w, kd, 2, 2, sd, 2, 2, 0, 0, 0, 1, 1, 1,
-                                x.data(), c.w, c.b, y.data(), stream_);
+                                x.data(), c.w, c.b, y.data(), precision, stream_);
         s = o;
         return y;
     }

@@ -520,10 +520,19 @@ inline void copy_axis(Copy& g, int a, int64_t X, int64_t S, int64_t O, int64_t m
     g.len[a] = std::max({O, O + mx, ceil_div(X, S) + std::max<int64_t>(0, -mn)});
 }
 
+// Plane (n, c) of an (N, C, plane) array given as two: channels [0, C1) in a, [C1, C) in b
+// (the in-place concat; C1 = C and b null for one array).
+template <class T>
+inline T* plane_of(T* a, T* b, int64_t C1, int64_t C, int64_t n, int64_t c, int64_t plane) {
+    return c < C1 ? a + (n * C1 + c) * plane : b + (n * (C - C1) + c - C1) * plane;
+}
+
 // dst: `pre` zeros, then (C, phases, N, len0, len1, len2) at channel stride Cs >= phases*N*L
 // (the gap zeroed), then `slack` zeros: the dropped grid positions may read past the end.
+// src: channels [0, C1) of (N, C, X0, X1, X2), src2 the rest (C1 = C: src2 unused).
 inline void make_copy(const float* src, int64_t N, int64_t C, const Copy& g, float* dst, int64_t Cs,
-                      int64_t slack) {
+                      int64_t slack, int64_t C1 = INT64_MAX, const float* src2 = nullptr) {
+    C1 = std::min(C1, C);
     std::fill(dst, dst + g.pre, 0.0f);
     dst += g.pre;
     const int64_t P = g.phases(), used = P * N * g.L(), rows = C * P * N * g.len[0] * g.len[1];
@@ -535,7 +544,7 @@ inline void make_copy(const float* src, int64_t N, int64_t C, const Copy& g, flo
         float* out = dst + c * Cs + ((p * N + n) * g.len[0] + j0) * g.len[1] * g.len[2] + j1 * g.len[2];
         const int64_t i0 = j0 * g.S[0] + p0, i1 = j1 * g.S[1] + p1, S = g.S[2];
         const int64_t je = i0 < g.X[0] && i1 < g.X[1] ? std::min(g.len[2], ceil_div(g.X[2] - p2, S)) : 0;
-        const float* in = src + ((n * C + c) * g.X[0] + i0) * g.X[1] * g.X[2] + i1 * g.X[2] + p2;
+        const float* in = plane_of(src, src2, C1, C, n, c, g.X[0] * g.X[1] * g.X[2]) + (i0 * g.X[1] + i1) * g.X[2] + p2;
         if (S == 1) std::copy(in, in + je, out);
         else for (int64_t j = 0; j < je; ++j) out[j] = in[j * S];
         std::fill(out + je, out + g.len[2], 0.0f);
@@ -802,14 +811,17 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
     return g;
 }
 
-inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu) {
+// x2 / dx2 (conv_*_host): channels [C1, Ci) of the input in a second array (the in-place
+// concat); C1 = Ci and null without.
+inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu,
+                              int64_t C1 = INT64_MAX, const float* x2 = nullptr) {
     if (N * Co * Do * Ho * Wo == 0) return;
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int nt = (int)off.size();
     const int64_t Bs = g.phases() * N * g.L(), slack = g.L() + kChunk + 16;
     float* B = scratch(0, g.pre + Ci * Bs + slack);
-    make_copy(x, N, Ci, g, B, Bs, slack);
+    make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
     float* wp = scratch(1, (Co + kCB - 1) / kCB * Ci * nt * kCB);
     pack_weights(Co, Ci, nt, wp, [&](int64_t co, int64_t ci, int t) { return w[(co * Ci + ci) * nt + t]; });
     const int64_t O[3] = {Do, Ho, Wo}, Q = N * g.L();
@@ -831,7 +843,8 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
 // dx[i] gathers dy[(i + P - k*Dil)/S] where the division is exact. Output phase r of an axis
 // (i = i'*S + r) is reached by the taps with r + P - k*Dil = e*S, at dy index i' + e.
 inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
-                                    float* dx) {
+                                    float* dx, int64_t C1 = INT64_MAX, float* dx2 = nullptr) {
+    C1 = std::min(C1, Ci);
     if (N * Ci * D * H * W == 0) return;
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
@@ -883,7 +896,8 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
                     for_runs(q0, q0 + keep, g.len, Or,
                              [&](int64_t i, int64_t n, int64_t z, int64_t yy, int64_t xx, int64_t m) {
                         for (int j = 0; j < nc; ++j) {
-                            float* dst = dx + (((n * Ci + c0 + j) * D + z * SD + rz) * H + yy * SH + ry) * W + xx * SW + rx;
+                            float* dst = plane_of(dx, dx2, C1, Ci, n, c0 + j, D * H * W) +
+                                         ((z * SD + rz) * H + yy * SH + ry) * W + xx * SW + rx;
                             const float* src = tile + j * T + i;
                             const float bias = b ? b[c0 + j] : 0.0f;
                             for (int64_t u = 0; u < m; ++u) dst[u * SW] = src[u] + bias;
@@ -893,7 +907,8 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
             }
 }
 
-inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw) {
+inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw,
+                                      int64_t C1 = INT64_MAX, const float* x2 = nullptr) {
     const int64_t nk = KD * KH * KW;
     if (Co * Ci * nk == 0) return;
     if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
@@ -901,7 +916,7 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int64_t Bs = g.phases() * N * g.L(), Q = N * g.L(), Qr = (Q + 15) / 16 * 16, slack = g.L() + kChunk + 16;
     float* B = scratch(0, g.pre + Ci * Bs + slack);
-    make_copy(x, N, Ci, g, B, Bs, slack);
+    make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
     Copy ga = g;   // dy on the grid: zero at the dropped positions, rows padded to Qr with zeros
     for (int a = 0; a < 3; ++a) ga.S[a] = 1;
     ga.X[0] = Do, ga.X[1] = Ho, ga.X[2] = Wo, ga.pre = 0;
@@ -953,8 +968,9 @@ inline void conv_check_precision(int precision) {
     } while (0)
 
 #if defined(CUNET_HOST)
-// The host paths without the in-place concat read: (x, x2) copied into one (N, Ci, S) array,
-// and a (N, Ci, S) result split into (dx, dx2). The tiled kernels read and write in place.
+// The portable kernels' host path has no in-place concat read: (x, x2) copied into one
+// (N, Ci, S) array, and a (N, Ci, S) result split into (dx, dx2). The tiled kernels and the
+// CPU variants (their padded copy reads both) read and write in place.
 inline std::vector<float> host_concat(int64_t N, int64_t C1, int64_t C2, int64_t S, const float* x, const float* x2) {
     std::vector<float> out((size_t)(N * (C1 + C2) * S));
     for (int64_t n = 0; n < N; ++n) {
@@ -979,9 +995,9 @@ inline void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const 
     if (N * Co * Do * Ho * Wo == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu, C1, x2);
         std::vector<float> cat;
         if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
-        if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu);
         CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
         return;
     }
@@ -995,10 +1011,10 @@ inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy,
     if (N * Ci * D * H * W == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2);
         std::vector<float> cat(C1 < Ci ? N * Ci * D * H * W : 0);
         float* out = C1 < Ci ? cat.data() : dx;
-        if (host_variants()) conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, out);
-        else CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, out);
+        CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, out);
         if (C1 < Ci) host_split(N, C1, Ci - C1, D * H * W, out, dx, dx2);
         return;
     }
@@ -1013,9 +1029,9 @@ inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* d
     if (M * Nn == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
+        if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw, C1, x2);
         std::vector<float> cat;
         if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
-        if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw);
         CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
         return;
     }

@@ -98,6 +98,8 @@ CASES = {
     "3d-depth1": (dict(dims=3, in_channels=1, out_channels=2, base=4, depth=1, up="transpose"), (4, 6, 8)),
     "2d-strided-nearest": (dict(dims=2, in_channels=1, out_channels=2, base=4, depth=1, up="nearest", down="strided",
                                 norm="batch"), (2, 8, 12)),
+    # "precision" in the config (GEMM operands on a GPU): the host runner computes fp32, as Python's host build
+    "2d-bf16-config": (dict(dims=2, in_channels=1, out_channels=2, base=4, depth=2, precision="bf16"), (3, 16, 16)),
 }
 
 
