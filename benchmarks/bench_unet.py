@@ -313,7 +313,8 @@ def run_gpu(names, steps):
         if torch is not None:
             for label, autocast in (("torch-tf32", None), ("torch-bf16", torch.bfloat16)):
                 _, fwd, step = torch_contender(cfg, False, device="cuda", autocast=autocast)
-                ms[label] = (gpu_time(fwd, steps, torch.cuda.synchronize), gpu_time(step, steps, torch.cuda.synchronize))
+                tsync = torch.cuda.synchronize
+                ms[label] = (gpu_time(fwd, steps, tsync), gpu_time(step, steps, tsync))
                 torch.cuda.empty_cache()
         rows.append(dict(config=name, gflop=forward_gflop(*cfg), ms=ms))
     return rows, gpu_layers(names, steps, sync, torch)

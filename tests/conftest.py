@@ -51,6 +51,13 @@ def block_mode(request):
     ops.set_emulate_blocks(False)
 
 
+def conv_case(rng, sz, n, ci, co, k):
+    """x (n, ci, *sz), w (co, ci, *k) and b (co,), float32 normal draws; k an int or a tuple."""
+    kk = (k,) * len(sz) if isinstance(k, int) else tuple(k)
+    return (rng.standard_normal((n, ci) + sz).astype(np.float32),
+            rng.standard_normal((co, ci) + kk).astype(np.float32), rng.standard_normal(co).astype(np.float32))
+
+
 def to_device(a, device):
     """numpy array -> the array type of `device` ("cpu" or "cuda")."""
     if device == "cpu":

@@ -7,21 +7,12 @@ tests/test_ops_conv_tc.py covers the tiled kernels in every precision."""
 import numpy as np
 import pytest
 
-from conftest import DEVICES, to_device, to_numpy
+from conftest import conv_case, DEVICES, to_device, to_numpy
 from cunet import ops, reference as R
 from cunet._ops import conv as conv_ops
 from cunet._ops import core
 
 rng = np.random.default_rng(2)
-
-
-@pytest.fixture(params=["host", "portable"])
-def variant(request):
-    """host: the conv launchers run the CPU variants; portable: the portable kernels (in the
-    loop mode; under the block emulation the launchers run the tiled kernels either way)."""
-    conv_ops.set_host_variants(request.param == "host")
-    yield request.param
-    conv_ops.set_host_variants(True)
 
 
 def close(got, want, k):
@@ -71,10 +62,8 @@ CONV = [
 @pytest.mark.parametrize("case", CONV, ids=str)
 def test_conv_matches_reference(case, device, block_mode, variant):
     sz, n, ci, co, k, s, p, d = case
-    kk = (k,) * len(sz) if isinstance(k, int) else k
-    x = rng.standard_normal((n, ci) + sz).astype(np.float32)
-    w = rng.standard_normal((co, ci) + kk).astype(np.float32)
-    b = rng.standard_normal(co).astype(np.float32)
+    x, w, b = conv_case(rng, sz, n, ci, co, k)
+    kk = w.shape[2:]
     X, W, B = (to_device(a, device) for a in (x, w, b))
     y = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, p, d)
     taps = ci * int(np.prod(kk))

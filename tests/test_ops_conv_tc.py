@@ -14,7 +14,7 @@ as in test_ops_conv.py. On the GPU, tensor cores accumulate with their own round
 import numpy as np
 import pytest
 
-from conftest import DEVICES, to_device, to_numpy
+from conftest import conv_case, DEVICES, to_device, to_numpy
 from cunet import ops, reference as R
 from cunet._ops import core
 
@@ -65,10 +65,8 @@ CONV = [
 @pytest.mark.parametrize("case", CONV, ids=str)
 def test_tiled_conv_matches_reference(case, precision, device, tiled):
     sz, n, ci, co, k, s, p, d = case
-    kk = (k,) * len(sz) if isinstance(k, int) else k
-    x = rng.standard_normal((n, ci) + sz).astype(np.float32)
-    w = rng.standard_normal((co, ci) + kk).astype(np.float32)
-    b = rng.standard_normal(co).astype(np.float32)
+    x, w, b = conv_case(rng, sz, n, ci, co, k)
+    kk = w.shape[2:]
     X, W, B = (to_device(a, device) for a in (x, w, b))
     taps = int(np.prod(kk))
     for bias in (b, None):
