@@ -10,6 +10,8 @@
 //   upsample_nearest_backward(NC, D, H, W, SD, SH, SW, dy, dx)
 //   upsample_linear_forward(NC, D, H, W, SD, SH, SW, x, y)
 //   upsample_linear_backward(NC, D, H, W, SD, SH, SW, dy, dx)
+// Host build: the linear launchers run separable row-by-row CPU variants unless
+// host_variants() is off.
 #pragma once
 #include "portable.cuh"
 
@@ -105,16 +107,96 @@ extern "C" __global__ void upsample_linear_backward(int64_t NC, int64_t D, int64
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
 
-#define CUNET_UPSAMPLE_LAUNCHER(name, count)                                                               \
+#if defined(CUNET_HOST)
+// Host variants of the linear pair, separable and row by row (one thread per plane nc, so
+// the backward's scatter needs no atomics): the taps of every output column computed once
+// per call, the D/H taps once per output row. Same weights as linear_taps; the sums are
+// grouped differently (x first), so results differ from the portable kernels by rounding.
+struct LinearAxis {
+    std::vector<int64_t> i0, i1;
+    std::vector<float> l;
+    LinearAxis(int64_t n, int64_t s) : i0(n * s), i1(n * s), l(n * s) {
+        for (int64_t o = 0; o < n * s; ++o) linear_taps(o, s, n, i0[o], i1[o], l[o]);
+    }
+};
+
+inline void upsample_linear_forward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
+                                         int64_t SW, const float* x, float* y) {
+    const LinearAxis az(D, SD), ay(H, SH), ax(W, SW);
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+#pragma omp parallel
+    {
+        std::vector<float> row(W);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < NC * Do * Ho; ++r) {   // output row (nc, oz, oy)
+            const int64_t oy = r % Ho, oz = (r / Ho) % Do, nc = r / (Ho * Do);
+            const int64_t zs[2] = {az.i0[oz], az.i1[oz]}, ys[2] = {ay.i0[oy], ay.i1[oy]};
+            const float wz[2] = {1.0f - az.l[oz], az.l[oz]}, wy[2] = {1.0f - ay.l[oy], ay.l[oy]};
+            std::fill(row.begin(), row.end(), 0.0f);
+            for (int a = 0; a < 2; ++a)
+                for (int b = 0; b < 2; ++b) {
+                    const float w = wz[a] * wy[b];
+                    const float* xr = x + ((nc * D + zs[a]) * H + ys[b]) * W;
+#pragma omp simd
+                    for (int64_t i = 0; i < W; ++i) row[i] += w * xr[i];
+                }
+            float* yr = y + r * Wo;
+            for (int64_t o = 0; o < Wo; ++o) yr[o] = (1.0f - ax.l[o]) * row[ax.i0[o]] + ax.l[o] * row[ax.i1[o]];
+        }
+    }
+}
+
+inline void upsample_linear_backward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
+                                          int64_t SW, const float* dy, float* dx) {
+    const LinearAxis az(D, SD), ay(H, SH), ax(W, SW);
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+#pragma omp parallel
+    {
+        std::vector<float> row(W);
+#pragma omp for schedule(static)
+        for (int64_t nc = 0; nc < NC; ++nc) {   // one plane per thread: its scatter is private
+            float* dxc = dx + nc * D * H * W;
+            std::fill(dxc, dxc + D * H * W, 0.0f);
+            for (int64_t oz = 0; oz < Do; ++oz)
+                for (int64_t oy = 0; oy < Ho; ++oy) {
+                    const float* dyr = dy + ((nc * Do + oz) * Ho + oy) * Wo;
+                    std::fill(row.begin(), row.end(), 0.0f);
+                    for (int64_t o = 0; o < Wo; ++o) {
+                        row[ax.i0[o]] += (1.0f - ax.l[o]) * dyr[o];
+                        row[ax.i1[o]] += ax.l[o] * dyr[o];
+                    }
+                    const int64_t zs[2] = {az.i0[oz], az.i1[oz]}, ys[2] = {ay.i0[oy], ay.i1[oy]};
+                    const float wz[2] = {1.0f - az.l[oz], az.l[oz]}, wy[2] = {1.0f - ay.l[oy], ay.l[oy]};
+                    for (int a = 0; a < 2; ++a)
+                        for (int b = 0; b < 2; ++b) {
+                            const float w = wz[a] * wy[b];
+                            float* xr = dxc + (zs[a] * H + ys[b]) * W;
+#pragma omp simd
+                            for (int64_t i = 0; i < W; ++i) xr[i] += w * row[i];
+                        }
+                }
+        }
+    }
+}
+#define CUNET_UPSAMPLE_HOST(name) \
+    if (host_variants()) return name##_host(NC, D, H, W, SD, SH, SW, in, out);
+#else
+#define CUNET_UPSAMPLE_HOST(name)
+#endif
+
+#define CUNET_UPSAMPLE_LAUNCHER(name, count, host)                                                         \
     inline void name(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH, int64_t SW,     \
                      const float* in, float* out, Stream s = 0) {                                         \
+        host                                                                                               \
         CUNET_LAUNCH_LOOP(::name, count, s, NC, D, H, W, SD, SH, SW, in, out);                            \
     }
-CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_forward, NC * D * SD * H * SH * W * SW)
-CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_backward, NC * D * H * W)
-CUNET_UPSAMPLE_LAUNCHER(upsample_linear_forward, NC * D * SD * H * SH * W * SW)
-CUNET_UPSAMPLE_LAUNCHER(upsample_linear_backward, NC * D * H * W)
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_forward, NC * D * SD * H * SH * W * SW, )
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_backward, NC * D * H * W, )
+CUNET_UPSAMPLE_LAUNCHER(upsample_linear_forward, NC * D * SD * H * SH * W * SW,
+                        CUNET_UPSAMPLE_HOST(upsample_linear_forward))
+CUNET_UPSAMPLE_LAUNCHER(upsample_linear_backward, NC * D * H * W, CUNET_UPSAMPLE_HOST(upsample_linear_backward))
 #undef CUNET_UPSAMPLE_LAUNCHER
+#undef CUNET_UPSAMPLE_HOST
 
 }  // namespace cunet
 #endif

@@ -43,14 +43,14 @@ def test_maxpool_ties_nan_and_negative_infinity_follow_the_reference(variant):
         np.testing.assert_array_equal(ARG, arg)
 
 
-UPS = [((1, 2, 3, 5), 2), ((3, 5, 4, 3), 3), ((2, 3, 3, 4), (2, 3)), ((1, 17, 5, 6), 2),
+UPS = [((1, 2, 3, 5), 2), ((3, 5, 4, 3), 3), ((2, 3, 3, 4), (2, 3)), ((1, 17, 5, 6), 2), ((2, 3, 1, 1), 3),
        ((1, 2, 3, 2, 5), 2), ((3, 3, 2, 3, 3), (3, 2, 1)), ((1, 5, 3, 3, 2), 2)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 @pytest.mark.parametrize("shape,scale", UPS, ids=str)
-def test_upsample_matches_reference(shape, scale, mode, device):
+def test_upsample_matches_reference(shape, scale, mode, device, variant):
     x = rng.standard_normal(shape).astype(np.float32)
     y = R.upsample_forward(x.astype(np.float64), scale, mode)
     np.testing.assert_allclose(to_numpy(ops.upsample_forward(to_device(x, device), scale, mode)), y,
