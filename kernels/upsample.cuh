@@ -120,6 +120,17 @@ struct LinearAxis {
     }
 };
 
+// The 4 input rows (z, y) of output row (oz, oy) and their weights, k = 2a + b.
+struct RowTaps {
+    int64_t row[4];
+    float w[4];
+    RowTaps(const LinearAxis& az, const LinearAxis& ay, int64_t oz, int64_t oy, int64_t H, int64_t W) {
+        const int64_t zs[2] = {az.i0[oz], az.i1[oz]}, ys[2] = {ay.i0[oy], ay.i1[oy]};
+        const float wz[2] = {1.0f - az.l[oz], az.l[oz]}, wy[2] = {1.0f - ay.l[oy], ay.l[oy]};
+        for (int k = 0; k < 4; ++k) row[k] = (zs[k / 2] * H + ys[k % 2]) * W, w[k] = wz[k / 2] * wy[k % 2];
+    }
+};
+
 inline void upsample_linear_forward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
                                          int64_t SW, const float* x, float* y) {
     const LinearAxis az(D, SD), ay(H, SH), ax(W, SW);
@@ -130,16 +141,13 @@ inline void upsample_linear_forward_host(int64_t NC, int64_t D, int64_t H, int64
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < NC * Do * Ho; ++r) {   // output row (nc, oz, oy)
             const int64_t oy = r % Ho, oz = (r / Ho) % Do, nc = r / (Ho * Do);
-            const int64_t zs[2] = {az.i0[oz], az.i1[oz]}, ys[2] = {ay.i0[oy], ay.i1[oy]};
-            const float wz[2] = {1.0f - az.l[oz], az.l[oz]}, wy[2] = {1.0f - ay.l[oy], ay.l[oy]};
+            const RowTaps t(az, ay, oz, oy, H, W);
             std::fill(row.begin(), row.end(), 0.0f);
-            for (int a = 0; a < 2; ++a)
-                for (int b = 0; b < 2; ++b) {
-                    const float w = wz[a] * wy[b];
-                    const float* xr = x + ((nc * D + zs[a]) * H + ys[b]) * W;
+            for (int k = 0; k < 4; ++k) {
+                const float* xr = x + nc * D * H * W + t.row[k];
 #pragma omp simd
-                    for (int64_t i = 0; i < W; ++i) row[i] += w * xr[i];
-                }
+                for (int64_t i = 0; i < W; ++i) row[i] += t.w[k] * xr[i];
+            }
             float* yr = y + r * Wo;
             for (int64_t o = 0; o < Wo; ++o) yr[o] = (1.0f - ax.l[o]) * row[ax.i0[o]] + ax.l[o] * row[ax.i1[o]];
         }
@@ -165,15 +173,12 @@ inline void upsample_linear_backward_host(int64_t NC, int64_t D, int64_t H, int6
                         row[ax.i0[o]] += (1.0f - ax.l[o]) * dyr[o];
                         row[ax.i1[o]] += ax.l[o] * dyr[o];
                     }
-                    const int64_t zs[2] = {az.i0[oz], az.i1[oz]}, ys[2] = {ay.i0[oy], ay.i1[oy]};
-                    const float wz[2] = {1.0f - az.l[oz], az.l[oz]}, wy[2] = {1.0f - ay.l[oy], ay.l[oy]};
-                    for (int a = 0; a < 2; ++a)
-                        for (int b = 0; b < 2; ++b) {
-                            const float w = wz[a] * wy[b];
-                            float* xr = dxc + (zs[a] * H + ys[b]) * W;
+                    const RowTaps t(az, ay, oz, oy, H, W);
+                    for (int k = 0; k < 4; ++k) {
+                        float* xr = dxc + t.row[k];
 #pragma omp simd
-                            for (int64_t i = 0; i < W; ++i) xr[i] += w * row[i];
-                        }
+                        for (int64_t i = 0; i < W; ++i) xr[i] += t.w[k] * row[i];
+                    }
                 }
         }
     }
