@@ -6,7 +6,9 @@
 Each class wraps one function of cunet.ops (cunet.reference for float64 logits) and
 checks nothing the function checks itself. `.config` is a JSON-able dict ("name" and the
 arguments), `from_config(cfg)` rebuilds the loss, and `.activation` says what turns logits
-into probabilities ("sigmoid", "softmax" or None for regression) for cunet.metrics.predict.
+into probabilities ("sigmoid", "softmax" or None for regression) for cunet.metrics.predict;
+for Dice and DiceCE it is "softmax" for K >= 2 channels, and one-channel logits take the
+sigmoid (the table below), as cunet.metrics.predict does for K == 1.
 
     class                                          K >= 2 (softmax)  K == 1 (sigmoid)
     BCE()                                          bce_with_logits (any K, elementwise)
