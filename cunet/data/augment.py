@@ -29,44 +29,10 @@ _LOCK = threading.Lock()   # numba's workqueue threading layer must not be enter
 # ---- kernels: out[c, o] = src[c, A @ (o - centre) + centre + disp[:, o]]
 
 @njit(parallel=True, cache=True, nogil=True)
-def _warp2d(src, mat, disp, nearest, out):
-    """src, out (C, H, W) float32; mat (2, 2) float64; disp (2, H, W) float32 or (0, 0, 0)."""
-    C, H, W = src.shape
-    cy, cx = (H - 1) / 2.0, (W - 1) / 2.0
-    has_disp = disp.shape[0] > 0
-    for i in prange(H * W):
-        oy, ox = i // W, i % W
-        py = mat[0, 0] * (oy - cy) + mat[0, 1] * (ox - cx) + cy
-        px = mat[1, 0] * (oy - cy) + mat[1, 1] * (ox - cx) + cx
-        if has_disp:
-            py += disp[0, oy, ox]
-            px += disp[1, oy, ox]
-        if nearest:
-            y0, x0 = int(np.floor(py + 0.5)), int(np.floor(px + 0.5))
-            inside = 0 <= y0 < H and 0 <= x0 < W
-            for c in range(C):
-                out[c, oy, ox] = src[c, y0, x0] if inside else 0.0
-            continue
-        y0, x0 = int(np.floor(py)), int(np.floor(px))
-        fy, fx = py - y0, px - x0
-        for c in range(C):
-            acc = 0.0
-            for dy in range(2):
-                yy = y0 + dy
-                if yy < 0 or yy >= H:
-                    continue
-                wy = fy if dy else 1.0 - fy
-                for dx in range(2):
-                    xx = x0 + dx
-                    if xx < 0 or xx >= W:
-                        continue
-                    acc += wy * (fx if dx else 1.0 - fx) * src[c, yy, xx]
-            out[c, oy, ox] = acc
-
-
-@njit(parallel=True, cache=True, nogil=True)
 def _warp3d(src, mat, disp, nearest, out):
-    """src, out (C, D, H, W) float32; mat (3, 3) float64; disp (3, D, H, W) float32 or (0, 0, 0, 0)."""
+    """src, out (C, D, H, W) float32; mat (3, 3) float64; disp (3, D, H, W) float32 or (0, 0, 0, 0).
+    A 2D sample is D = 1 with mat[0] = (1, 0, 0) and disp[0] = 0: the z terms are exact zeros
+    and weight 1, so the 2D result is the bilinear one bit for bit."""
     C, D, H, W = src.shape
     cz, cy, cx = (D - 1) / 2.0, (H - 1) / 2.0, (W - 1) / 2.0
     has_disp = disp.shape[0] > 0
@@ -136,8 +102,19 @@ def warp(x, matrix, displacement=None, order=1):
         raise ValueError("x: integer values beyond +-2**24 do not survive the float32 resampler")
     src = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(src)
+    if d == 2:   # the 3D kernel with D = 1 (see _warp3d)
+        m3 = np.eye(3)
+        m3[1:, 1:] = matrix
+        matrix = m3
+        if disp.size:
+            disp = np.concatenate([np.zeros((1,) + disp.shape[1:], np.float32), disp])[:, None]
+        else:
+            disp = np.zeros((0,) * 4, np.float32)
+        src, out3 = src[:, None], out[:, None]
+    else:
+        out3 = out
     with _LOCK:
-        (_warp2d if d == 2 else _warp3d)(src, matrix, disp, bool(order == 0 or integer), out)
+        _warp3d(src, matrix, disp, bool(order == 0 or integer), out3)
     return out.astype(x.dtype) if integer else out
 
 
