@@ -125,31 +125,29 @@ def test_tiled_conv_sass_uses_tensor_cores_and_no_local_memory(arch, tmp_path):
         assert not local, f"{name} sm_{arch}: local memory ({len(local)} LDL/STL)"
 
 
-def test_mma_primitives_selftest(tmp_path):
-    """Host emulation of mma_16x8 / conversions vs the PTX ISA's layout and a float64 product."""
-    exe = tmp_path / "mma_selftest"
-    subprocess.run(["g++", "-O2", "-std=c++20", "-fopenmp", "tests/cpp/mma_selftest.cpp", "-o", str(exe)],
-                   cwd=ROOT, check=True)
+def _selftest(compile_cmd, src, exe):
+    """Build tests/cpp/<src> with compile_cmd (the compiler and its flags) and run it: it prints "ok"."""
+    subprocess.run([*compile_cmd, f"tests/cpp/{src}", "-o", str(exe)], cwd=ROOT, check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+HOST_CXX = ["g++", "-O2", "-std=c++20", "-fopenmp"]
+
+
+def test_mma_primitives_selftest(tmp_path):
+    """Host emulation of mma_16x8 / conversions vs the PTX ISA's layout and a float64 product."""
+    _selftest(HOST_CXX, "mma_selftest.cpp", tmp_path / "mma_selftest")
 
 
 @pytest.mark.gpu
 def test_mma_primitives_selftest_on_gpu(tmp_path):
     """The same program through nvcc: the real mma.sync must agree with the layout functions."""
-    exe = tmp_path / "mma_selftest_gpu"
-    subprocess.run(["nvcc", "-std=c++17", "-x", "cu", "-arch=sm_80", "tests/cpp/mma_selftest.cpp", "-o", str(exe)],
-                   cwd=ROOT, check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+    _selftest(["nvcc", "-std=c++17", "-x", "cu", "-arch=sm_80"], "mma_selftest.cpp", tmp_path / "mma_selftest_gpu")
 
 
 def test_portable_block_emulation_selftest(tmp_path):
-    exe = tmp_path / "selftest"
-    subprocess.run(["g++", "-O2", "-std=c++20", "-fopenmp", "tests/cpp/portable_selftest.cpp", "-o", str(exe)],
-                   cwd=ROOT, check=True)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+    _selftest(HOST_CXX, "portable_selftest.cpp", tmp_path / "selftest")
 
 
 def test_single_header_cpp_program(tmp_path):
