@@ -1,6 +1,7 @@
 #include "bind.h"
 
 void cunet::bind_norm(py::module_& m) {
+    m.def("batchnorm_groups", &cunet::batchnorm_groups, "Slices per channel of the batch-norm partials kernels.");
     CUNET_DEF(batchnorm_stats_partials, [](int64_t N, int64_t C, int64_t S, int64_t G, P x, P part) {
         cunet::batchnorm_stats_partials(N, C, S, G, cf(x), f(part)); });
     CUNET_DEF(batchnorm_stats_finalize, [](int64_t N, int64_t C, int64_t S, int64_t G, P part, P mean, P invstd,

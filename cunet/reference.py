@@ -217,6 +217,12 @@ def _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps,
     _check.number("eps", eps, 0.0, lo_open=True)
 
 
+def _batchnorm_backward_args(dy, x, gamma, mean, invstd):
+    _check.image("dy", dy)
+    _check.same_shape("x", x, "dy", dy)
+    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0, names=("gamma", "mean", "invstd", "running_var"))
+
+
 def _dropout_args(p, seed):
     _check.number("p", p, 0.0, 1.0, hi_open=True)
     _check.integer("seed", seed, lo=0)
@@ -255,7 +261,7 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
         _x2_args(x, x2)
         x = np.concatenate([x, x2], axis=1)
     stride, padding, dilation, out = _conv_args(x, w, b, stride, padding, dilation)
-    x, w = round_operand(x, _precision_arg(precision)), round_operand(w, precision)
+    x, w = round_operand(x, precision), round_operand(w, precision)
     xp = _pad(x, padding)
     y = np.zeros((x.shape[0], w.shape[0]) + out, dtype=x.dtype)
     for k in _taps(w.shape[2:]):
@@ -277,7 +283,6 @@ def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x
         return dx[:, :x.shape[1]], dx[:, x.shape[1]:], dw, db
     stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
     db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
-    _precision_arg(precision)
     dy, x, w = (round_operand(a, precision) for a in (dy, x, w))
     xp = _pad(x, padding)
     dxp = np.zeros_like(xp)
@@ -295,7 +300,7 @@ def conv_transpose_forward(x, w, b=None, stride=1, padding=0, output_padding=0, 
     """The gradient of a conv with weight w (Ci, Co, *k) with respect to its input:
     every input voxel scatters w[ci, :, k] to output o = i*stride - padding + k."""
     stride, padding, output_padding, out = _conv_transpose_args(x, w, b, stride, padding, output_padding)
-    x, w = round_operand(x, _precision_arg(precision)), round_operand(w, precision)
+    x, w = round_operand(x, precision), round_operand(w, precision)
     full = tuple(max((n - 1) * s + k, p + o) for n, s, k, p, o in zip(x.shape[2:], stride, w.shape[2:], padding, out))
     yfull = np.zeros((x.shape[0], w.shape[1]) + full, dtype=x.dtype)
     for k in _taps(w.shape[2:]):
@@ -311,7 +316,6 @@ def conv_transpose_backward(dy, x, w, stride=1, padding=0, output_padding=0, pre
     """-> (dx, dw, db): each tap gathers dy at the positions its input voxels wrote."""
     stride, padding, output_padding, out = _conv_transpose_backward_args(dy, x, w, stride, padding, output_padding)
     db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
-    _precision_arg(precision)
     dy, x, w = (round_operand(a, precision) for a in (dy, x, w))
     full = tuple(max((n - 1) * s + k, p + o) for n, s, k, p, o in zip(x.shape[2:], stride, w.shape[2:], padding, out))
     dyfull = np.zeros((dy.shape[0], dy.shape[1]) + full, dtype=dy.dtype)
@@ -526,9 +530,7 @@ def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, train
 
 def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
     """-> (dx, dgamma, dbeta). Training mode differentiates through the batch statistics."""
-    _check.image("dy", dy)
-    _check.same_shape("x", x, "dy", dy)
-    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0, names=("gamma", "mean", "invstd", "running_var"))
+    _batchnorm_backward_args(dy, x, gamma, mean, invstd)
     axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, -1) + (1,) * (x.ndim - 2)
     xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)

@@ -1,8 +1,8 @@
 """Batch norm: kernels/norm.cuh."""
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32, loop, ncs, register, run
-from cunet.reference import _batchnorm_args
+from cunet._ops.core import coop, empty, f32_all, loop, native, ncs, register, run
+from cunet.reference import _batchnorm_args, _batchnorm_backward_args
 
 register("norm", "batchnorm_stats_partials", "batchnorm_stats_finalize", "batchnorm_eval_stats",
          "batchnorm_normalize", "batchnorm_backward_partials", "batchnorm_backward_finalize", "batchnorm_backward_data")
@@ -11,36 +11,23 @@ __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
 
 def batchnorm_groups(n, c, s):
-    """Slices per channel of the partials kernels: cunet::batchnorm_groups in kernels/norm.cuh."""
-    return max(1, min((n * s + 8191) // 8192, 1024 // max(c, 1)))
-
-
-def _kernel_arrays(x, **arrays):
-    """float32, C-contiguous, on x's device; None (an absent running stat) passes."""
-    f32("x", x)
-    if x.size == 0:   # an empty channel has no statistics (the reference returns NaN)
-        raise ValueError(f"x: expected a non-empty array, got shape {tuple(x.shape)}")
-    for name, a in arrays.items():
-        if a is not None:
-            f32(name, a)
-            _check.same_device(name, a, "x", x)
+    """Slices per channel of the partials kernels (cunet::batchnorm_groups in kernels/norm.cuh)."""
+    return native().batchnorm_groups(n, c, s)
 
 
 def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
     _batchnorm_args(x, gamma, beta, running_mean, running_var, momentum, eps)
     if not training and (running_mean is None or running_var is None):
         raise ValueError("running_mean: eval mode (training=False) needs running_mean and running_var")
-    _kernel_arrays(x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    f32_all(x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     n, c, s = ncs(x)
     mean, invstd = empty(x, (c,)), empty(x, (c,))
     if training:
-        # 0: a null pointer (core.run's host path does not map None to one)
         g = batchnorm_groups(n, c, s)
         part = empty(x, (c * g * 2,))
         run("batchnorm_stats_partials", coop(c * g), n, c, s, g, x, part)
         run("batchnorm_stats_finalize", loop(c), n, c, s, g, part, mean, invstd,
-            0 if running_mean is None else running_mean, 0 if running_var is None else running_var,
-            float(momentum), float(eps))
+            running_mean, running_var, float(momentum), float(eps))
     else:
         run("batchnorm_eval_stats", loop(c), c, running_mean, running_var, mean, invstd, float(eps))
     y = empty(x, x.shape)
@@ -49,10 +36,9 @@ def batchnorm_forward(x, gamma, beta, running_mean=None, running_var=None, train
 
 
 def batchnorm_backward(dy, x, gamma, mean, invstd, training=True):
-    _check.image("dy", dy)
-    _check.same_shape("x", x, "dy", dy)
-    _batchnorm_args(x, gamma, mean, invstd, None, 0.0, 1.0)
-    _kernel_arrays(x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+    _batchnorm_backward_args(dy, x, gamma, mean, invstd)
+    f32_all(x=x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+    _check.same_device("dy", dy, "x", x)
     n, c, s = ncs(x)
     dgamma, dbeta, dx = empty(x, (c,)), empty(x, (c,)), empty(x, x.shape)
     g = batchnorm_groups(n, c, s)
