@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cunet.reference import PRECISIONS
+
 
 def _device_arrays(device):
     if device == "cuda":
@@ -202,7 +204,7 @@ def parser():
     t.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+    t.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="conv GEMM operands on the GPU (float32 master weights; the CPU computes fp32)")
     t.add_argument("--graph", action="store_true", help="replay each training step as a CUDA graph (--device cuda)")
     t.set_defaults(run=cmd_train)

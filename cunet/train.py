@@ -46,6 +46,7 @@ import numpy as np
 
 from cunet import __version__, _check
 from cunet.nn.model import _host, upload
+from cunet.reference import PRECISIONS
 
 __all__ = ["ArrayBatches", "History", "TrainStep", "fit", "save_checkpoint", "load_checkpoint", "load"]
 
@@ -340,7 +341,6 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
         _check.integer("num_classes", num_classes, lo=1)
     if not callable(loss):
         raise TypeError(f"loss: expected a callable loss(logits, target) -> (loss, dlogits), got {type(loss).__name__}")
-    from cunet.nn.model import PRECISIONS
     precision = None if precision is None else _check.choice("precision", precision, PRECISIONS)
     _check.choice("graph", graph, (True, False))
     _check.choice("debug", debug, (True, False))
@@ -512,7 +512,6 @@ def _to_device(model, x, y):
     if model.device == "cuda":
         import cupy
         return cupy.asarray(x, dtype=fdt), cupy.asarray(y, dtype=ydt)
-    from cunet.nn.model import _host
     return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
 
 
@@ -522,7 +521,6 @@ def _validate(model, loss, val, k):
     MSE/L1, PSNR with the data range of the validation targets."""
     from cunet import metrics, ops, reference
     from cunet._ops.metrics import MAX_CLASSES
-    from cunet.nn.model import _host
     model.eval()
     xp, seg = model.xp, getattr(loss, "activation", None) is not None
     counts = (reference if model.device == "reference" or k > MAX_CLASSES else ops).confusion_counts
@@ -629,7 +627,6 @@ def save_checkpoint(path, model, optimizer=None, schedule=None, loss=None, train
     safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    from cunet.nn.model import _host
     host = lambda a: np.ascontiguousarray(_host(a))   # noqa: E731
     tensors = {name: host(a) for name, a in model.state_dict().items()}
     train = dict(train_state or {})

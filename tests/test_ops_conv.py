@@ -9,7 +9,6 @@ import pytest
 
 from conftest import conv_case, DEVICES, to_device, to_numpy
 from cunet import ops, reference as R
-from cunet._ops import conv as conv_ops
 from cunet._ops import core
 
 rng = np.random.default_rng(2)
@@ -124,9 +123,9 @@ def test_conv_host_variants_are_deterministic():
 
 def test_set_host_variants_switches_and_restores():
     assert core.native().host_variants()
-    conv_ops.set_host_variants(False)
+    ops.set_host_variants(False)
     assert not core.native().host_variants()
-    conv_ops.set_host_variants(True)
+    ops.set_host_variants(True)
     assert core.native().host_variants()
 
 

@@ -9,7 +9,7 @@ tiled kernels (the host CPU variants copy them together first)."""
 from math import prod
 
 from cunet import _check
-from cunet._ops.core import coop, empty, f32_all, is_cupy, loop, lift, native, ncs, register, run, set_host_variants  # noqa: F401
+from cunet._ops.core import coop, empty, f32_all, is_cupy, loop, lift, native, ncs, register, run
 from cunet.reference import (_precision_arg, _conv_args, _conv_backward_args, _conv_transpose_args,
                              _conv_transpose_backward_args, _x2_args)
 

@@ -229,7 +229,7 @@ class Augment:
             disp *= alpha / max(float(np.abs(disp).max()), 1e-12)
         if disp is not None or not np.array_equal(mat, np.eye(d)):
             xi = warp(xi, mat, disp, order=1)
-            yi = warp(yi, mat, disp, order=0 if yi.dtype.kind in "iu" else 1)
+            yi = warp(yi, mat, disp)   # integer labels: warp resamples them nearest
         return xi, yi
 
     def _intensity(self, xi, rng):

@@ -84,16 +84,15 @@ class Conv(Layer):
     def forward(self, x, relu=False, x2=None):
         self.x, self.x2 = x, x2
         y = F(x).conv_forward(x, self.p["weight"], self.p.get("bias"), self.stride, self.padding, relu=relu,
-                              precision=self.precision, **({} if x2 is None else {"x2": x2}))
+                              precision=self.precision, x2=x2)
         self.y = y if relu else None   # the ReLU's backward needs its output
         return y
 
     def backward(self, dy):
         if self.y is not None:
             dy = F(dy).relu_backward(dy, self.y)
-        extra = {} if self.x2 is None else {"x2": self.x2}
         *dxs, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
-                                           precision=self.precision, **extra)
+                                           precision=self.precision, x2=self.x2)
         self.g["weight"] += dw
         if self.bias:
             self.g["bias"] += db

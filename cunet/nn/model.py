@@ -19,11 +19,11 @@ host build and the float64 reference device: see cunet.ops.conv_forward).
 import numpy as np
 
 from cunet import _check
+from cunet.reference import PRECISIONS
 from cunet._ops.dropout import seed_halves
 from cunet.nn.layers import Conv, ConvTranspose, Dropout, initial_value
 
 DEVICES = ("cpu", "cuda", "reference")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class Model:

@@ -23,7 +23,8 @@ import numpy as np
 from cunet import _check
 from cunet.nn.layers import (INITS, BatchNorm, Concat, Conv, ConvTranspose, Dropout, MaxPool, ReLU, Sequential,
                              Upsample)
-from cunet.nn.model import PRECISIONS, Model
+from cunet.nn.model import Model
+from cunet.reference import PRECISIONS
 
 
 def _block(ci, co, dims, norm, dropout, seed, init):
