@@ -647,13 +647,16 @@ private:
     }
 
     // ---- layers on library buffers; each returns its output and updates the shape s
-    Buffer apply_conv(const Conv& c, const Buffer& x, Shape& s) const {
+    // relu: fused into the conv's epilogue. x2: channels after x's (the decoder's skip), read
+    // in place: the conv of the concatenation [x, x2] without building it.
+    Buffer apply_conv(const Conv& c, const Buffer& x, Shape& s, bool relu = false, const Buffer* x2 = nullptr) const {
         const int64_t kd = dims == 3 ? c.k : 1, sd = dims == 3 ? c.stride : 1, pd = dims == 3 ? c.pad : 0;
         const Shape o = {s.n, c.co, (s.d + 2 * pd - kd) / sd + 1, (s.h + 2 * c.pad - c.k) / c.stride + 1,
                          (s.w + 2 * c.pad - c.k) / c.stride + 1};
         Buffer y(o.size(), &arena_);
-        ops::conv_forward(s.n, c.ci, c.co, s.d, s.h, s.w, o.d, o.h, o.w, kd, c.k, c.k, sd, c.stride, c.stride, pd, c.pad,
-                          c.pad, 1, 1, 1, x.data(), c.w, c.b, y.data(), precision, false, stream_);
+        ops::conv_forward_cat(s.n, c.ci, c.co, s.d, s.h, s.w, o.d, o.h, o.w, kd, c.k, c.k, sd, c.stride, c.stride, pd,
+                              c.pad, c.pad, 1, 1, 1, x2 ? s.c : c.ci, x.data(), x2 ? x2->data() : nullptr, c.w, c.b,
+                              y.data(), precision, relu, stream_);
         s = o;
         return y;
     }
@@ -668,21 +671,20 @@ private:
         s = o;
         return y;
     }
-    // batch norm (eval statistics), then ReLU, in place
-    void bn_relu(const BN* n, Buffer& x, const Shape& s) const {
-        if (n) {
-            Buffer y(x.size(), &arena_);
-            ops::batchnorm_normalize(s.n, s.c, s.S(), x.data(), n->mean, n->invstd, n->g, n->b, y.data(), stream_);
-            x = std::move(y);
+    // conv -> [batch norm (eval statistics)] -> ReLU: fused into the conv without batch norm
+    Buffer conv_bn_relu(const Conv& c, const BN& n, const Buffer& x, Shape& s, const Buffer* x2 = nullptr) const {
+        Buffer h = apply_conv(c, x, s, !batchnorm, x2);
+        if (batchnorm) {
+            Buffer y(h.size(), &arena_);
+            ops::batchnorm_normalize(s.n, s.c, s.S(), h.data(), n.mean, n.invstd, n.g, n.b, y.data(), stream_);
+            ops::relu_forward(int64_t(y.size()), y.data(), y.data(), stream_);
+            h = std::move(y);
         }
-        ops::relu_forward(int64_t(x.size()), x.data(), x.data(), stream_);
-    }
-    Buffer apply_block(const Block& b, const Buffer& x, Shape& s) const {
-        Buffer h = apply_conv(b.c1, x, s);
-        bn_relu(batchnorm ? &b.n1 : nullptr, h, s);
-        h = apply_conv(b.c2, h, s);
-        bn_relu(batchnorm ? &b.n2 : nullptr, h, s);
         return h;
+    }
+    Buffer apply_block(const Block& b, const Buffer& x, Shape& s, const Buffer* x2 = nullptr) const {
+        Buffer h = conv_bn_relu(b.c1, b.n1, x, s, x2);
+        return conv_bn_relu(b.c2, b.n2, h, s);
     }
     Buffer pool(const Buffer& x, Shape& s) const {
         const int64_t kd = dims == 3 ? 2 : 1;
@@ -713,7 +715,7 @@ private:
                      std::to_string(sp[a]));
         Shape s = {N, in_channels, sp[0], sp[1], sp[2]};
         Buffer h = upload(x, s.size());
-        std::vector<std::pair<Buffer, Shape>> skips;
+        std::vector<Buffer> skips;
         for (int64_t i = 0; i < depth; ++i) {
             h = apply_block(enc_[size_t(i)], h, s);
             Shape ps = s;
@@ -722,10 +724,9 @@ private:
                 next = pool(h, ps);
             } else {
                 const Down& d = down_[size_t(i)];
-                next = apply_conv(d.conv, h, ps);
-                bn_relu(batchnorm ? &d.bn : nullptr, next, ps);
+                next = conv_bn_relu(d.conv, d.bn, h, ps);
             }
-            skips.emplace_back(std::move(h), s);
+            skips.push_back(std::move(h));
             h = std::move(next), s = ps;
         }
         h = apply_block(bottom_, h, s);
@@ -733,13 +734,7 @@ private:
             const Up& u = up_[size_t(i)];
             if (u.transpose) h = apply_convT(u.conv, h, s);
             else { h = upsample(h, s); h = apply_conv(u.conv, h, s); }
-            const auto& [skip, ss] = skips[size_t(depth - 1 - i)];
-            const Shape o = {s.n, s.c + ss.c, s.d, s.h, s.w};   // cat(upsampled, skip) along channels
-            Buffer cat(o.size(), &arena_);
-            ops::concat_copy(s.n, s.c, s.S(), h.data(), s.c, 0, cat.data(), o.c, 0, stream_);
-            ops::concat_copy(s.n, ss.c, s.S(), skip.data(), ss.c, 0, cat.data(), o.c, s.c, stream_);
-            s = o;
-            h = apply_block(dec_[size_t(i)], cat, s);
+            h = apply_block(dec_[size_t(i)], h, s, &skips[size_t(depth - 1 - i)]);   // cat(upsampled, skip) in place
         }
         return download(apply_conv(head_, h, s));
     }
