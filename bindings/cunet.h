@@ -43,7 +43,7 @@ CUNET_API void copy_to_host(void* dst, const void* src, size_t bytes, void* stre
 CUNET_API void synchronize(void* stream = nullptr);   // wait for the stream's work (host: no-op)
 
 // Host build switches (no effect in the CUDA build): cooperative kernels through the block
-// emulation with the GPU block size; the CPU variants of conv/concat/channel_sum/maxpool.
+// emulation with the GPU block size; the launchers' CPU variants (kernels/<family>.cuh say which).
 CUNET_API void set_emulate_blocks(bool on);
 CUNET_API bool emulate_blocks();
 CUNET_API void set_host_variants(bool on);

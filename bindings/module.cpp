@@ -15,8 +15,8 @@ PYBIND11_MODULE(_native, m) {
           "Run cooperative kernels through the host block emulation (GPU block size) instead of one thread per block.");
     m.def("emulate_blocks", &cunet::ops::emulate_blocks);
     m.def("set_host_variants", &cunet::ops::set_host_variants,
-          "Host build: run the launchers' CPU variants (conv, concat, channel sums; default) instead of the "
-          "portable kernels.");
+          "Host build: run the launchers' CPU variants (default; each kernel file's header names them) "
+          "instead of the portable kernels.");
     m.def("host_variants", &cunet::ops::host_variants);
     for (auto bind : cunet::bind_families) bind(m);
 }

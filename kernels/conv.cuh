@@ -812,9 +812,9 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
 }
 
 // x2 / dx2 (conv_*_host): channels [C1, Ci) of the input in a second array (the in-place
-// concat); C1 = Ci and null without.
+// concat); C1 = Ci (x2 unused) without.
 inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu,
-                              int64_t C1 = INT64_MAX, const float* x2 = nullptr) {
+                              int64_t C1, const float* x2) {
     if (N * Co * Do * Ho * Wo == 0) return;
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
@@ -843,8 +843,7 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
 // dx[i] gathers dy[(i + P - k*Dil)/S] where the division is exact. Output phase r of an axis
 // (i = i'*S + r) is reached by the taps with r + P - k*Dil = e*S, at dy index i' + e.
 inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
-                                    float* dx, int64_t C1 = INT64_MAX, float* dx2 = nullptr) {
-    C1 = std::min(C1, Ci);
+                                    float* dx, int64_t C1, float* dx2) {
     if (N * Ci * D * H * W == 0) return;
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
@@ -908,7 +907,7 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
 }
 
 inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw,
-                                      int64_t C1 = INT64_MAX, const float* x2 = nullptr) {
+                                      int64_t C1, const float* x2) {
     const int64_t nk = KD * KH * KW;
     if (Co * Ci * nk == 0) return;
     if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);

@@ -6,9 +6,9 @@
 //
 // Entry points (loop kernels):
 //   maxpool_forward(N*C, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, x, y, argmax)
-//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)
-// Host build: maxpool_forward's launcher runs a row-wise loop unless host_variants() is off.   dx must be zeroed; scatter by
+//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)   dx must be zeroed; scatter by
 //       atomicAdd, so overlapping windows (stride < kernel) sum in an unspecified order
+// Host build: maxpool_forward's launcher runs a row-wise loop unless host_variants() is off.
 #pragma once
 #include "portable.cuh"
 

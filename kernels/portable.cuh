@@ -477,8 +477,8 @@ using Stream = void*;
 inline bool& emulate_blocks() { static bool on = false; return on; }
 
 // Host-side switch: launchers that have a CPU-specific variant beside the portable kernel
-// (conv, concat, channel sums) run it (default, fast) or the portable kernel as on the GPU
-// (tests run both). Ignored on the GPU.
+// (each kernel file's header names them) run it (default, fast) or the portable kernel as on
+// the GPU (tests run both). Ignored on the GPU.
 inline bool& host_variants() { static bool on = true; return on; }
 
 // Threads per block for a cooperative kernel: kBlock on the GPU and under emulation, else 1.
