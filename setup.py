@@ -58,9 +58,10 @@ class BuildExt(build_ext):
         cmake = pkg / "lib" / "cmake" / "cunet"
         cmake.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / "cmake" / "cunetConfig.cmake", cmake)
-        for h in PUBLIC_HEADERS:
-            (pkg / "include" / "cunet" / h).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / h, pkg / "include" / "cunet" / h)
+        if not self.inplace:   # in place, the source tree's headers are the ones (no stale snapshot)
+            for h in PUBLIC_HEADERS:
+                (pkg / "include" / "cunet" / h).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / h, pkg / "include" / "cunet" / h)
 
     def copy_extensions_to_source(self):
         """pip install -e: the library and the CMake config go to the source tree's cunet/lib

@@ -13,8 +13,8 @@ Peak resident memory is measured in a fresh process per contender (same config, 
 Each --threads value runs in its own process with OMP_NUM_THREADS set.
 
 --device cuda (the GPU-speed issue): cunet on CuPy arrays in each precision (fp32, tf32,
-bf16 operands with fp32 master weights), eager and graph-captured when the trainer offers
-it, against PyTorch eager on cuDNN (its default TF32 convolutions, and bf16 autocast) when a
+bf16 operands with fp32 master weights), eager and graph-captured (cunet.train.TrainStep with
+graph=True), against PyTorch eager on cuDNN (its default TF32 convolutions, and bf16 autocast) when a
 CUDA PyTorch is installed; times from CUDA events, medians. Then the 64-256-channel conv
 layers alone (forward) against the measured tensor-core matmul rate of the same precision.
 """
@@ -81,6 +81,11 @@ def cunet_contender(cfg, device="cpu", precision="fp32"):
         model.backward(d)
         opt.step()
 
+    if device == "cuda":   # the same step captured once into a CUDA graph and replayed (cunet.train.TrainStep)
+        from cunet import train
+        graph = train.TrainStep(model, loss, opt, x.shape, target.shape, target.dtype, graph=True)
+        calls = iter(range(1 << 62))
+        step.captured = lambda: graph(x, target, next(calls))
     return model, (lambda: model.forward(x)), step
 
 
@@ -270,16 +275,15 @@ def gpu_torch():
 
 def gpu_time(fn, steps, sync):
     """Median milliseconds of fn over `steps` calls after 3 warm-ups, each fenced by sync()."""
-    import time as _t
     for _ in range(3):
         fn()
     sync()
     out = []
     for _ in range(steps):
-        t = _t.perf_counter()
+        t = time.perf_counter()
         fn()
         sync()
-        out.append(_t.perf_counter() - t)
+        out.append(time.perf_counter() - t)
     return 1e3 * float(np.median(out))
 
 
@@ -306,9 +310,7 @@ def run_gpu(names, steps):
         for prec in ("fp32", "tf32", "bf16"):
             _, fwd, step = cunet_contender(cfg, "cuda", prec)
             ms[f"cunet-{prec}"] = (gpu_time(fwd, steps, sync), gpu_time(step, steps, sync))
-            graph_step = getattr(step, "captured", None)   # the trainer's graph-captured step, when offered
-            if graph_step is not None:
-                ms[f"cunet-{prec}-graph"] = (None, gpu_time(graph_step, steps, sync))
+            ms[f"cunet-{prec}-graph"] = (None, gpu_time(step.captured, steps, sync))
             cupy.get_default_memory_pool().free_all_blocks()
         if torch is not None:
             for label, autocast in (("torch-tf32", None), ("torch-bf16", torch.bfloat16)):

@@ -61,11 +61,6 @@ def test_adam_matches_reference(kw, shape, device):
     np.testing.assert_allclose(v, vr, **TOL)
 
 
-def sum_squares_reference(x):  # same as cunet.reference.sum_squares, kept independent
-    """NumPy oracle for ops.sum_squares (not yet in cunet.reference)."""
-    return float((x.astype(np.float64) ** 2).sum())
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [0, 37, 10007])   # 1 and 3 blocks of norms_partials
 def test_penalty_and_sum_squares_match_reference(n, device, block_mode):
@@ -75,7 +70,7 @@ def test_penalty_and_sum_squares_match_reference(n, device, block_mode):
     # thread plus an 8-level tree) sums: rtol 1e-5
     for l1, l2 in [(0.0, 0.0), (0.1, 0.0), (0.0, 0.2), (0.1, 0.2)]:
         np.testing.assert_allclose(float(to_numpy(ops.penalty(X, l1, l2))), R.penalty(x, l1, l2), rtol=1e-5)
-    np.testing.assert_allclose(float(to_numpy(ops.sum_squares(X.reshape(-1, 1)))), sum_squares_reference(x), rtol=1e-5)
+    np.testing.assert_allclose(float(to_numpy(ops.sum_squares(X.reshape(-1, 1)))), R.sum_squares(x), rtol=1e-5)
     assert ops.sum_squares(X) == ops.sum_squares(X)   # deterministic: no float atomics
 
 
@@ -83,7 +78,7 @@ def test_penalty_and_sum_squares_match_reference(n, device, block_mode):
 def test_norms_of_a_large_buffer(device):
     x = rng.standard_normal(5_000_003).astype(np.float32)   # more than 1024 * 4096: grid capped
     X = to_device(x, device)
-    np.testing.assert_allclose(float(to_numpy(ops.sum_squares(X))), sum_squares_reference(x), rtol=1e-5)
+    np.testing.assert_allclose(float(to_numpy(ops.sum_squares(X))), R.sum_squares(x), rtol=1e-5)
     np.testing.assert_allclose(float(to_numpy(ops.penalty(X, 0.3, 0.7))), R.penalty(x, 0.3, 0.7), rtol=1e-5)
 
 

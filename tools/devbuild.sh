@@ -24,6 +24,7 @@ compile() {
   for d in "$src" "$@"; do [ "$d" -nt "$obj" ] && stale=1; done
   if [ $stale = 1 ]; then
     echo "g++ $src"
+    rm -f "$obj"   # a failed compile must not leave the old object to be linked
     g++ $FLAGS $inc -c "$src" -o "$obj.tmp" && mv "$obj.tmp" "$obj" &
   fi
 }
