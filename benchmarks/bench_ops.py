@@ -18,14 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cunet import ops, reference as R  # noqa: E402
-
-# (name, dims, batch, spatial, base, depth, classes): the UNets of benchmarks/bench_unet.py
-CONFIGS = {
-    "2d-128": (2, 8, 128, 16, 4, 2),
-    "2d-256": (2, 4, 256, 32, 4, 2),
-    "3d-64": (3, 2, 64, 8, 3, 3),
-}
-CPU_PEAK_GFLOPS = 350.0   # 2 cores x AVX-512 FMA, measured on the development machines
+from bench_unet import CEILING as CPU_PEAK_GFLOPS, CONFIGS  # noqa: E402  (the UNets of bench_unet.py)
 
 
 def unet_shapes(dims, n, size, base, depth):

@@ -3,10 +3,6 @@
 void cunet::bind_dropout(py::module_& m) {
     CUNET_DEF(dropout_forward, [](int64_t n, P x, P y, float p, int64_t seed_lo, int64_t seed_hi) {
         cunet::dropout_forward(n, cf(x), f(y), p, seed_lo, seed_hi); });
-    CUNET_DEF(dropout_backward, [](int64_t n, P dy, P dx, float p, int64_t seed_lo, int64_t seed_hi) {
-        cunet::dropout_backward(n, cf(dy), f(dx), p, seed_lo, seed_hi); });
     CUNET_DEF(dropout_forward_seeded, [](int64_t n, P x, P y, float p, P seed) {
         cunet::dropout_forward_seeded(n, cf(x), f(y), p, ptr<const int64_t>(seed)); });
-    CUNET_DEF(dropout_backward_seeded, [](int64_t n, P dy, P dx, float p, P seed) {
-        cunet::dropout_backward_seeded(n, cf(dy), f(dx), p, ptr<const int64_t>(seed)); });
 }

@@ -8,12 +8,12 @@
 //          cunet.reference.philox_uniform / dropout_mask.
 //
 // Entry points (kernels, extern "C"; loop kernels: any grid, any block):
-//   dropout_forward(n, x, y, p, seed_lo, seed_hi)      y = x * mask
-//   dropout_backward(n, dy, dx, p, seed_lo, seed_hi)   dx = dy * mask
+//   dropout_forward(n, x, y, p, seed_lo, seed_hi)      y = x * mask; the backward pass is the
+//                                                      same kernel on (dy, dx)
 //   dropout_forward_seeded(n, x, y, p, seed)           the same with seed (2,) int64 =
-//   dropout_backward_seeded(n, dy, dx, p, seed)        [seed_lo, seed_hi] read from device
-//       memory: a captured CUDA graph replays frozen arguments, so the per-step seed
-//       lives in a buffer the host rewrites before each replay.
+//       [seed_lo, seed_hi] read from device memory: a captured CUDA graph replays frozen
+//       arguments, so the per-step seed lives in a buffer the host rewrites before each replay.
+// Launchers: dropout_forward/_backward(_seeded), the backward ones launching the forward kernels.
 #pragma once
 #include "portable.cuh"
 
@@ -65,21 +65,10 @@ extern "C" __global__ void dropout_forward(int64_t n, const float* __restrict__ 
     CUNET_LOOP(i, n) { y[i] = x[i] * cunet::dropout_scale(i, p, seed_lo, seed_hi); }
 }
 
-extern "C" __global__ void dropout_backward(int64_t n, const float* __restrict__ dy, float* __restrict__ dx, float p,
-                                            int64_t seed_lo, int64_t seed_hi) {
-    CUNET_LOOP(i, n) { dx[i] = dy[i] * cunet::dropout_scale(i, p, seed_lo, seed_hi); }
-}
-
 extern "C" __global__ void dropout_forward_seeded(int64_t n, const float* __restrict__ x, float* __restrict__ y,
                                                   float p, const int64_t* __restrict__ seed) {
     const int64_t lo = seed[0], hi = seed[1];
     CUNET_LOOP(i, n) { y[i] = x[i] * cunet::dropout_scale(i, p, lo, hi); }
-}
-
-extern "C" __global__ void dropout_backward_seeded(int64_t n, const float* __restrict__ dy, float* __restrict__ dx,
-                                                   float p, const int64_t* __restrict__ seed) {
-    const int64_t lo = seed[0], hi = seed[1];
-    CUNET_LOOP(i, n) { dx[i] = dy[i] * cunet::dropout_scale(i, p, lo, hi); }
 }
 
 // ---- launchers
@@ -92,7 +81,7 @@ inline void dropout_forward(int64_t n, const float* x, float* y, float p, int64_
 }
 inline void dropout_backward(int64_t n, const float* dy, float* dx, float p, int64_t seed_lo, int64_t seed_hi,
                              Stream s = 0) {
-    CUNET_LAUNCH_LOOP(::dropout_backward, n, s, n, dy, dx, p, seed_lo, seed_hi);
+    CUNET_LAUNCH_LOOP(::dropout_forward, n, s, n, dy, dx, p, seed_lo, seed_hi);
 }
 
 inline void dropout_forward_seeded(int64_t n, const float* x, float* y, float p, const int64_t* seed, Stream s = 0) {
@@ -100,7 +89,7 @@ inline void dropout_forward_seeded(int64_t n, const float* x, float* y, float p,
 }
 inline void dropout_backward_seeded(int64_t n, const float* dy, float* dx, float p, const int64_t* seed,
                                     Stream s = 0) {
-    CUNET_LAUNCH_LOOP(::dropout_backward_seeded, n, s, n, dy, dx, p, seed);
+    CUNET_LAUNCH_LOOP(::dropout_forward_seeded, n, s, n, dy, dx, p, seed);
 }
 
 }  // namespace cunet

@@ -196,23 +196,19 @@ def test_tiled_conv_reads_concat_in_place(case, precision, device, tiled):
     close(got[3], db, dy[:, 0].size, device)
 
 
-@pytest.mark.parametrize("variant", ["host", "portable"])
 def test_host_paths_take_concat_too(variant):
-    """The CPU variants and portable kernels (loop mode) copy [x, x2] together: same results."""
-    ops.set_host_variants(variant == "host")
-    try:
-        for case in CONCAT:
-            (x, x2, w, b), _, k = _concat_case(case, "cpu")
-            s, p = case[-2:]
-            cat = np.concatenate([x, x2], axis=1)
-            close(ops.conv_forward(x, w, b, s, p, x2=x2), R.conv_forward(*f64(cat, w, b), s, p), k, "cpu")
-            dy = rng.standard_normal(R.conv_forward(cat, w, b, s, p).shape).astype(np.float32)
-            want = R.conv_backward(*f64(dy, x, w), s, p, x2=x2.astype(np.float64))
-            got = ops.conv_backward(dy, x, w, s, p, x2=x2)
-            for g, r in zip(got, want):
-                close(g, r, max(k, dy[:, 0].size), "cpu")
-    finally:
-        ops.set_host_variants(True)
+    """The CPU variants (read [x, x2] in place) and portable kernels (loop mode, copy them
+    together): same results."""
+    for case in CONCAT:
+        (x, x2, w, b), _, k = _concat_case(case, "cpu")
+        s, p = case[-2:]
+        cat = np.concatenate([x, x2], axis=1)
+        close(ops.conv_forward(x, w, b, s, p, x2=x2), R.conv_forward(*f64(cat, w, b), s, p), k, "cpu")
+        dy = rng.standard_normal(R.conv_forward(cat, w, b, s, p).shape).astype(np.float32)
+        want = R.conv_backward(*f64(dy, x, w), s, p, x2=x2.astype(np.float64))
+        got = ops.conv_backward(dy, x, w, s, p, x2=x2)
+        for g, r in zip(got, want):
+            close(g, r, max(k, dy[:, 0].size), "cpu")
 
 
 def test_reference_x2_is_the_concatenation():

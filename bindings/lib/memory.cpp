@@ -6,8 +6,11 @@
 
 #if defined(CUNET_GPU)
 namespace {
-void check(cudaError_t e, const std::string& what) {
-    if (e != cudaSuccess) throw std::runtime_error("cunet: " + what + " failed: " + cudaGetErrorString(e));
+// what (and, when not 0, the byte count) go into the message only on failure
+void check(cudaError_t e, const char* what, size_t bytes = 0) {
+    if (e != cudaSuccess)
+        throw std::runtime_error(std::string("cunet: ") + what + (bytes ? " of " + std::to_string(bytes) + " bytes" : "") +
+                                 " failed: " + cudaGetErrorString(e));
 }
 }  // namespace
 #endif
@@ -26,7 +29,7 @@ void* device_alloc(size_t bytes) {
     if (bytes == 0) return nullptr;
 #if defined(CUNET_GPU)
     void* p = nullptr;
-    check(cudaMalloc(&p, bytes), "cudaMalloc of " + std::to_string(bytes) + " bytes");
+    check(cudaMalloc(&p, bytes), "cudaMalloc", bytes);
     return p;
 #else
     void* p = std::malloc(bytes);
@@ -46,8 +49,7 @@ void device_free(void* p) {
 void copy_to_device(void* dst, const void* src, size_t bytes, void* stream) {
     if (bytes == 0) return;
 #if defined(CUNET_GPU)
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(stream)),
-          "copy of " + std::to_string(bytes) + " bytes to the device");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(stream)), "copy to the device", bytes);
 #else
     (void)stream;
     std::memcpy(dst, src, bytes);
@@ -57,8 +59,7 @@ void copy_to_device(void* dst, const void* src, size_t bytes, void* stream) {
 void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
     if (bytes == 0) return;
 #if defined(CUNET_GPU)
-    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(stream)),
-          "copy of " + std::to_string(bytes) + " bytes to the host");
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(stream)), "copy to the host", bytes);
 #else
     (void)stream;
     std::memcpy(dst, src, bytes);

@@ -5,7 +5,7 @@ from cunet import _check
 from cunet._ops.core import empty, f32, loop, register, run
 from cunet.reference import _dropout_args
 
-register("dropout", "dropout_forward", "dropout_backward", "dropout_forward_seeded", "dropout_backward_seeded")
+register("dropout", "dropout_forward", "dropout_forward_seeded")   # backward = the same kernels on dy
 
 __all__ = ["dropout_forward", "dropout_backward", "dropout_forward_seeded", "dropout_backward_seeded", "seed_halves"]
 
@@ -31,7 +31,7 @@ def dropout_forward(x, p, seed):
 
 
 def dropout_backward(dy, p, seed):
-    return _dropout("dropout_backward", "dy", dy, p, seed)
+    return _dropout("dropout_forward", "dy", dy, p, seed)
 
 
 def _seeded(kernel, name, a, p, seed):
@@ -55,4 +55,4 @@ def dropout_forward_seeded(x, p, seed):
 
 
 def dropout_backward_seeded(dy, p, seed):
-    return _seeded("dropout_backward_seeded", "dy", dy, p, seed)
+    return _seeded("dropout_forward_seeded", "dy", dy, p, seed)

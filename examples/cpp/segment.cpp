@@ -46,10 +46,6 @@ static int64_t parse_size(const char* name, const char* s) {
     return v;
 }
 
-static bool ends_with(const std::string& s, const std::string& t) {
-    return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
-
 // ---- normalisation, mirroring cunet/data/transforms.py normalize()
 struct Norm {
     std::string method = "zscore", mask = "all";
@@ -247,7 +243,8 @@ static int fail_exit(const std::exception& e) {
 }
 
 int main(int argc, char** argv) {
-    if (argc == 4 || (argc >= 3 && (ends_with(argv[2], ".nii") || ends_with(argv[2], ".nii.gz")))) {
+    if (argc == 4 || (argc >= 3 && (cunet::nifti::detail::ends_with(argv[2], ".nii") ||
+                                     cunet::nifti::detail::ends_with(argv[2], ".nii.gz")))) {
         if (argc != 4) {
             std::fprintf(stderr, "usage: segment MODEL.safetensors INPUT.nii[.gz] OUTPUT.nii[.gz]\n");
             return 2;
