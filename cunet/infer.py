@@ -161,9 +161,8 @@ def predict_proba(model, image, **kw):
 def predict_labels(model, image, **kw):
     """Label map (*S) int64: argmax over the channels, or probability > 0.5 (logit > 0)
     for K == 1. Takes predict_logits' arguments."""
-    logits = predict_logits(model, image, **kw)
-    labels = logits[0] > 0 if logits.shape[0] == 1 else logits.argmax(axis=0)
-    return labels.astype(np.int64)
+    from cunet.metrics import predict
+    return predict(predict_logits(model, image, **kw)[None])[0]
 
 
 def predict_volume_2d(model, volume, axis=2, **kw):

@@ -541,14 +541,11 @@ def _validate(model, loss, val, k):
             hi = y.max() if hi is None else xp.maximum(hi, y.max())
     out = {"val_loss": _num(total / n)}
     if tp_fp_fn is not None:
-        tp, fp, fn = _host(tp_fp_fn).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice, iou = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)   # NaN: class absent from both
+        dice, iou = metrics._scores(*_host(tp_fp_fn).astype(np.float64))   # NaN: class absent from both
         fg = slice(1, None) if k > 1 else slice(None)
         for name, s in (("dice", dice), ("iou", iou)):
             out[name] = [_num(v) for v in s]
-            present = s[fg][~np.isnan(s[fg])]
-            out[f"mean_{name}"] = float(present.mean()) if present.size else None
+            out[f"mean_{name}"] = _num(metrics._nanmean(s[fg]))
     elif not seg:
         mse, rng = float(sse) / size, float(hi - lo) or 1.0
         out["psnr"] = _num(10 * math.log10(rng * rng / mse)) if mse > 0 else None

@@ -25,8 +25,9 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
     step, lr, b1, b2, eps, wd, l1 = _adam_args(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, l1,
                                                decoupled)
     f32_all(param=param, grad=grad, m=m, v=v)
+    lr, c1, c2 = adam_scalars(step, lr, b1, b2)
     run("adam_update", loop(param.size), param.size, param, grad, m, v, lr, 1 - b1, 1 - b2, eps, wd, l1,
-        int(decoupled), 1 - b1 ** step, math.sqrt(1 - b2 ** step))
+        int(decoupled), c1, c2)
 
 
 def adam_scalars(step, lr, beta1=0.9, beta2=0.999):
