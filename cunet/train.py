@@ -487,9 +487,15 @@ def _host_batch(model, x, y):
     source that yields CuPy arrays) stays there (_to_device)."""
     if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)) and model.device == "cuda":
         return _to_device(model, x, y)
-    fdt = np.float64 if model.device == "reference" else np.float32
-    ydt = np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype)
+    fdt, ydt = _batch_dtypes(model, y)
     return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
+
+
+def _batch_dtypes(model, y):
+    """(image dtype, target dtype) of a step's batch: float32 (float64 for "reference") and
+    float targets alike; integer labels keep their dtype (bool -> int64)."""
+    fdt = np.float64 if model.device == "reference" else np.float32
+    return fdt, (np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype))
 
 
 def _check_batch(x, y, loss, k):
@@ -507,12 +513,11 @@ def _check_batch(x, y, loss, k):
 def _to_device(model, x, y):
     """A batch on the model's device: float32 (float64 for "reference") images and float
     targets; integer labels keep their dtype (bool -> int64)."""
-    fdt = np.float64 if model.device == "reference" else np.float32
-    ydt = np.int64 if y.dtype.kind == "b" else (fdt if y.dtype.kind == "f" else y.dtype)
     if model.device == "cuda":
         import cupy
+        fdt, ydt = _batch_dtypes(model, y)
         return cupy.asarray(x, dtype=fdt), cupy.asarray(y, dtype=ydt)
-    return np.ascontiguousarray(_host(x), dtype=fdt), np.ascontiguousarray(_host(y), dtype=ydt)
+    return _host_batch(model, x, y)
 
 
 def _validate(model, loss, val, k):
