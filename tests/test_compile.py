@@ -6,11 +6,14 @@ and tensor-core primitives (the latter on the GPU too, where there is one).
 
 `python tests/test_compile.py` prints the ptxas resources of the tiled conv kernels
 (the table of benchmarks/RESULTS.md, "GPU kernels: ptxas resources (issue 7)")."""
+import atexit
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,17 +43,28 @@ def test_nvrtc_compiles_family(family):
         assert len(nvrtc.getCUBIN(prog)) > 0
 
 
-def ptxas_report(family):
-    """nvcc -Xptxas -v for both archs -> {(arch, kernel): [registers, spill_stores, spill_loads, smem_bytes]}."""
+@functools.lru_cache(maxsize=None)
+def nvcc_cubin(family, arch):
+    """nvcc -cubin -Xptxas -v of kernels/<family>.cuh for sm_<arch>, once per process:
+    -> (cubin path, ptxas's stderr). The spill check and the SASS check read the same build."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.fail("nvcc not found: the compile checks need the CUDA toolkit on PATH")
-    cmd = [nvcc, "-std=c++17", "-x", "cu", "-c", f"kernels/{family}.cuh", "-o", "/dev/null", "-Xptxas", "-v",
-           *[f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]]
+    out_dir = Path(tempfile.mkdtemp(prefix="cunet-cubin-"))
+    atexit.register(shutil.rmtree, out_dir, True)
+    cubin = out_dir / f"{family}_{arch}.cubin"
+    cmd = [nvcc, "-std=c++17", "-x", "cu", "-cubin", f"-arch=sm_{arch}", f"kernels/{family}.cuh", "-o", str(cubin),
+           "-Xptxas", "-v"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    return cubin, out.stderr
+
+
+def ptxas_report(family):
+    """nvcc -Xptxas -v for both archs -> {(arch, kernel): [registers, spill_stores, spill_loads, smem_bytes]}."""
+    stderr = "".join(nvcc_cubin(family, a)[1] for a in ARCHS)
     report, current = {}, None
-    for line in out.stderr.splitlines():
+    for line in stderr.splitlines():
         m = re.search(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", line)
         if m:
             current = (m.group(2), m.group(1))
@@ -90,11 +104,9 @@ def cuda_tool(name):
     pytest.fail(f"{name} not found on PATH nor as the nvidia-cuda-{name} wheel: install the test extra")
 
 
-def sass(family, arch, tmp_path):
+def sass(family, arch):
     """cuobjdump -sass of kernels/<family>.cuh compiled by nvcc for sm_<arch> -> {kernel: SASS text}."""
-    cubin = tmp_path / f"{family}_{arch}.cubin"
-    subprocess.run(["nvcc", "-std=c++17", "-x", "cu", "-cubin", f"-arch=sm_{arch}", f"kernels/{family}.cuh", "-o",
-                    str(cubin)], cwd=ROOT, check=True, capture_output=True)
+    cubin = nvcc_cubin(family, arch)[0]
     cuobjdump = cuda_tool("cuobjdump")   # -sass runs nvdisasm: the same wheel family, put beside it on PATH
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(cuda_tool("nvdisasm")).parent), os.environ["PATH"]]))
     out = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, env=env)
@@ -111,8 +123,8 @@ def sass(family, arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tiled_conv_sass_uses_tensor_cores_and_no_local_memory(arch, tmp_path):
-    kernels = sass("conv", arch, tmp_path)
+def test_tiled_conv_sass_uses_tensor_cores_and_no_local_memory(arch):
+    kernels = sass("conv", arch)
     assert set(TILED_CONV) <= set(kernels), sorted(kernels)
     for name in TILED_CONV:
         code = kernels[name]
