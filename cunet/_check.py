@@ -6,6 +6,7 @@ expected and what came. The array module (NumPy or CuPy) is taken from the array
 so the same checks serve both devices.
 """
 import contextlib
+import inspect
 import numbers
 
 import numpy as np
@@ -163,3 +164,23 @@ def labels(name, lab, num_classes, shape=None):
         vals = sorted(int(v) for v in xp.unique(lab[bad])[:10].tolist())
         raise ValueError(f"{name}: values must lie in [0, {num_classes}), found {vals}")
     return lab
+
+
+def config_lookup(name, cfg, registry, ignore=()):
+    """cfg, a dict {"name": key of registry, **constructor arguments} -> (class, kwargs);
+    keys in `ignore` are allowed and dropped (a state_dict's bookkeeping). Errors name the
+    unknown class, unexpected and missing keys."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{name}: expected a dict with a 'name', got {type(cfg).__name__}")
+    cls = registry.get(cfg.get("name"))
+    if cls is None:
+        raise ValueError(f"{name}['name']: expected one of {', '.join(map(repr, registry))}, got {cfg.get('name')!r}")
+    params = inspect.signature(cls.__init__).parameters
+    want = set(params) - {"self", "model", "opt"}   # model / opt: what the caller passes itself
+    extra = sorted(set(cfg) - want - {"name", *ignore})
+    if extra:
+        raise ValueError(f"{name}: unexpected keys {extra} for {cfg['name']} (expected {sorted(want)})")
+    missing = sorted(k for k in want if params[k].default is inspect.Parameter.empty and k not in cfg)
+    if missing:
+        raise ValueError(f"{name}: missing keys {missing} for {cfg['name']}")
+    return cls, {k: v for k, v in cfg.items() if k in want}

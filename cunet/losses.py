@@ -27,7 +27,6 @@ Targets: softmax losses take integer label maps (N, *S) in [0, K). Sigmoid losse
 float target shaped like the logits, values in [0, 1], or, for one-channel logits, an
 integer {0, 1} label map (N, *S), converted to a float (N, 1, *S) on the logits' device.
 """
-import inspect
 
 import numpy as np
 
@@ -223,13 +222,5 @@ LOSSES = {c.name: c for c in (BCE, CE, Dice, DiceCE, DiceBCE, MSE, L1)}
 
 def from_config(cfg):
     """The loss described by a .config dict."""
-    if not isinstance(cfg, dict):
-        raise TypeError(f"cfg: expected a dict with a 'name', got {type(cfg).__name__}")
-    cls = LOSSES.get(cfg.get("name"))
-    if cls is None:
-        raise ValueError(f"cfg['name']: expected one of {', '.join(map(repr, LOSSES))}, got {cfg.get('name')!r}")
-    want = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    extra = sorted(set(cfg) - want - {"name"})
-    if extra:
-        raise ValueError(f"cfg: unexpected keys {extra} for {cls.name} (expected {sorted(want)})")
-    return cls(**{k: v for k, v in cfg.items() if k != "name"})
+    cls, kwargs = _check.config_lookup("cfg", cfg, LOSSES)
+    return cls(**kwargs)

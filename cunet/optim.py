@@ -251,7 +251,7 @@ OPTIMIZERS = {c.name: c for c in (SGD, Adam, AdamW)}
 
 def from_config(model, cfg):
     """Rebuild an optimizer for `model` from its .config (or state_dict()["hyper"])."""
-    cls, kwargs = _lookup("cfg", cfg, OPTIMIZERS)
+    cls, kwargs = _check.config_lookup("cfg", cfg, OPTIMIZERS, ignore=("step_count",))
     return cls(model, **kwargs)
 
 
@@ -360,25 +360,8 @@ SCHEDULES = {c.name: c for c in (StepLR, CosineLR, PolyLR)}
 def schedule_from_config(opt, cfg):
     """Rebuild a schedule on `opt` from its .config (the base lr is opt.lr, or the one a
     later load_state_dict restores)."""
-    cls, kwargs = _lookup("cfg", cfg, SCHEDULES)
+    cls, kwargs = _check.config_lookup("cfg", cfg, SCHEDULES, ignore=("step_count",))
     return cls(opt, **kwargs)
-
-
-def _lookup(name, cfg, registry):
-    if not isinstance(cfg, dict):
-        raise TypeError(f"{name}: expected a dict with a 'name', got {type(cfg).__name__}")
-    cls = registry.get(cfg.get("name"))
-    if cls is None:
-        raise ValueError(f"{name}['name']: expected one of {', '.join(map(repr, registry))}, got {cfg.get('name')!r}")
-    want = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "opt"}
-    extra = sorted(set(cfg) - want - {"name", "step_count"})   # step_count: a state_dict's "hyper"
-    if extra:
-        raise ValueError(f"{name}: unexpected keys {extra} for {cfg['name']} (expected {sorted(want)})")
-    params = inspect.signature(cls.__init__).parameters
-    missing = sorted(k for k in want if params[k].default is inspect.Parameter.empty and k not in cfg)
-    if missing:
-        raise ValueError(f"{name}: missing keys {missing} for {cfg['name']}")
-    return cls, {k: v for k, v in cfg.items() if k in want}
 
 
 def _keys(d):
