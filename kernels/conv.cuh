@@ -778,6 +778,240 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
     }
 }
 
+// ---- Winograd F(2x2, 3x3): the 2D 3x3 layers at stride 1, padding 1, dilation 1
+// (forward and data gradient). Output tile (2x2 at (2i, 2j)) = A^T [U ⊙ (B^T d B)] A with
+// d the 4x4 input tile at (2i-1, 2j-1) and U = G g G^T the transformed 3x3 filter: 16
+// multiplies per input channel where the direct conv spends 36, so the work becomes 16
+// GEMMs (one per tile component xi) of U[xi] (Co x Ci) by V[xi] (Ci x tiles).
+// Per chunk of tiles (one thread): the input tiles of every channel are transformed into
+// V (in L2), then per block of <= 6 output channels and 64 tiles the 16 GEMMs (register
+// blocked like flat_tile, aligned loads) leave M in L1, and the output transform writes
+// y with bias and ReLU. Tiles are numbered (n, i, j) over N x ceil(H/2) x ceil(W/2);
+// where W is a multiple of 32 a vector of 16 tiles is 32 columns of one row pair
+// (contiguous loads and stores), otherwise its lanes are gathered and scattered.
+// Accuracy: exact transforms up to rounding (B, A have entries 0, +-1; G's 1/2 is exact).
+typedef int v16i __attribute__((vector_size(64)));
+
+inline bool winograd_fits(CUNET_CONV_DIMS) {
+    (void)N, (void)Ci, (void)Co;
+    return D == 1 && Do == 1 && KD == 1 && KH == 3 && KW == 3 && SD == 1 && SH == 1 && SW == 1 && PD == 0 &&
+           PH == 1 && PW == 1 && DH == 1 && DW == 1 && Ho == H && Wo == W;
+}
+
+// U[((blk*16 + xi)*Ci + ci)*kCB + j] = (G g G^T)[xi] of filter g = weight(c0(blk) + j, ci, ky, kx).
+template <class Weight>
+inline void winograd_weights(int64_t Co, int64_t Ci, float* U, Weight&& weight) {
+    const int64_t nblk = (Co + kCB - 1) / kCB;
+    static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nblk * Ci; ++i) {
+        const int64_t blk = i / Ci, ci = i % Ci;
+        int64_t c0;
+        int nc;
+        channel_block(Co, kCB, blk, c0, nc);
+        for (int j = 0; j < kCB; ++j) {
+            float g[3][3] = {}, t[4][3];
+            if (j < nc)
+                for (int ky = 0; ky < 3; ++ky)
+                    for (int kx = 0; kx < 3; ++kx) g[ky][kx] = weight(c0 + j, ci, ky, kx);
+            for (int a = 0; a < 4; ++a)
+                for (int l = 0; l < 3; ++l) t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
+            for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b)
+                    U[((blk * 16 + a * 4 + b) * Ci + ci) * kCB + j] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+        }
+    }
+}
+
+// out[j*64 + 16*v ..] = sum over ci of u[ci*kCB + j] * V[ci*Vs + 16*v ..]: CB channels x TV vectors of tiles.
+template <int CB, int TV>
+inline void winograd_gemm(const float* __restrict__ V, int64_t Vs, int64_t Ci, const float* __restrict__ u,
+                          float* __restrict__ out) {
+    v16 acc[CB][TV];
+#pragma GCC unroll 8
+    for (int j = 0; j < CB; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < TV; ++v) acc[j][v] = v16{};
+    for (int64_t ci = 0; ci < Ci; ++ci, V += Vs, u += kCB) {
+        v16 uv[CB];
+#pragma GCC unroll 8
+        for (int j = 0; j < CB; ++j) uv[j] = splat(u[j]);
+#pragma GCC unroll 4
+        for (int v = 0; v < TV; ++v) {
+            const v16 xv = *reinterpret_cast<const v16*>(V + 16 * v);
+#pragma GCC unroll 8
+            for (int j = 0; j < CB; ++j) acc[j][v] += uv[j] * xv;
+        }
+    }
+    for (int j = 0; j < CB; ++j)
+        for (int v = 0; v < TV; ++v) *reinterpret_cast<v16*>(out + j * 64 + 16 * v) = acc[j][v];
+}
+
+template <int CB>
+inline void winograd_gemm_tv(int tv, const float* V, int64_t Vs, int64_t Ci, const float* u, float* out) {
+    switch (tv) {
+        case 1: return winograd_gemm<CB, 1>(V, Vs, Ci, u, out);
+        case 2: return winograd_gemm<CB, 2>(V, Vs, Ci, u, out);
+        case 3: return winograd_gemm<CB, 3>(V, Vs, Ci, u, out);
+        default: return winograd_gemm<CB, 4>(V, Vs, Ci, u, out);
+    }
+}
+
+// B^T d B along one axis: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+inline void winograd_in4(v16& d0, v16& d1, v16& d2, v16& d3) {
+    const v16 a = d0 - d2, b = d1 + d2, c = d2 - d1, e = d1 - d3;
+    d0 = a, d1 = b, d2 = c, d3 = e;
+}
+
+// The 16 tiles of vector gv, channel c: V[xi*Vxi] (16 floats) = (B^T d B)[xi]. Rows of
+// tiles (W a multiple of 32, rowvec): read in place from plane(n) of the input (H x W), rows
+// outside the image zero, the columns left and right of it shifted in as zeros. Otherwise
+// gathered from B, a zero-padded copy of the channel (rows of Wp, (n, row) at n*Hp + row,
+// image element (y, x) at row y + 1, column x + 1).
+template <class Plane>
+inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, int64_t W, int64_t Th, int64_t Tw,
+                           int64_t T, bool rowvec, int64_t gv, Plane&& plane, float* V, int64_t Vxi) {
+    v16 d[4][4];
+    if (rowvec) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
+        const int64_t t = gv * 16, j0 = t % Tw, ni = t / Tw, i = ni % Th;
+        const float* src = plane(ni / Th);
+        const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
+        const v16i right = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, left = right + 14;
+        const v16 zero = v16{};
+        for (int a = 0; a < 4; ++a) {
+            const int64_t y = 2 * i - 1 + a;
+            if (y < 0 || y >= H) {
+                for (int k = 0; k < 4; ++k) d[a][k] = zero;
+                continue;
+            }
+            const float* row = src + y * W + 2 * j0;
+            // p0: columns 2j0-1 .. 2j0+14, p1: +15 .. +30, p2: +1 .. +16, p3: +17 .. +32
+            const v16 p0 = j0 == 0 ? __builtin_shuffle(zero, load16(row), left) : load16(row - 1);
+            const v16 p1 = load16(row + 15), p2 = load16(row + 1);
+            const v16 p3 = 2 * j0 + 32 == W ? __builtin_shuffle(load16(row + 16), zero, right) : load16(row + 17);
+            d[a][0] = __builtin_shuffle(p0, p1, ev), d[a][1] = __builtin_shuffle(p0, p1, od);
+            d[a][2] = __builtin_shuffle(p2, p3, ev), d[a][3] = __builtin_shuffle(p2, p3, od);
+        }
+    } else {
+        for (int lane = 0; lane < 16; ++lane) {
+            const int64_t t = gv * 16 + lane;
+            if (t >= T) {
+                for (int a = 0; a < 4; ++a)
+                    for (int k = 0; k < 4; ++k) d[a][k][lane] = 0.0f;
+                continue;
+            }
+            const int64_t j = t % Tw, ni = t / Tw;
+            const float* p = B + (ni / Th * Hp + 2 * (ni % Th)) * Wp + 2 * j;
+            for (int a = 0; a < 4; ++a)
+                for (int k = 0; k < 4; ++k) d[a][k][lane] = p[a * Wp + k];
+        }
+    }
+    for (int k = 0; k < 4; ++k) winograd_in4(d[0][k], d[1][k], d[2][k], d[3][k]);
+    for (int a = 0; a < 4; ++a) winograd_in4(d[a][0], d[a][1], d[a][2], d[a][3]);
+    for (int a = 0; a < 4; ++a)
+        for (int k = 0; k < 4; ++k) *reinterpret_cast<v16*>(V + (a * 4 + k) * Vxi) = d[a][k];
+}
+
+// A^T m A of 16 tiles (m[xi] at M + xi*Ms) plus bias, ReLU, into rows 2i, 2i+1, columns
+// 2j, 2j+1 of plane(n) (H x W), the positions inside the image.
+template <class Plane>
+inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, int64_t Th, int64_t Tw, int64_t T,
+                            bool rowvec, int64_t gv, float bias, bool relu, Plane&& plane) {
+    v16 s[2][4];
+    for (int k = 0; k < 4; ++k) {
+        const v16 m0 = load16(M + k * Ms), m1 = load16(M + (4 + k) * Ms), m2 = load16(M + (8 + k) * Ms),
+                  m3 = load16(M + (12 + k) * Ms);
+        s[0][k] = m0 + m1 + m2, s[1][k] = m1 - m2 - m3;
+    }
+    v16 y[2][2];
+    const v16 bv = splat(bias), zero = v16{};
+    for (int r = 0; r < 2; ++r) {
+        y[r][0] = s[r][0] + s[r][1] + s[r][2] + bv, y[r][1] = s[r][1] - s[r][2] - s[r][3] + bv;
+        if (relu)
+            for (int c = 0; c < 2; ++c) y[r][c] = y[r][c] < zero ? zero : y[r][c];
+    }
+    if (rowvec) {   // W a multiple of 32: the 16 tiles are 32 columns of rows 2i, 2i+1
+        const int64_t t = gv * 16, j0 = t % Tw, ni = t / Tw, i = ni % Th;
+        float* dst = plane(ni / Th) + 2 * i * W + 2 * j0;
+        const v16i lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}, hi = lo + 8;
+        for (int r = 0; r < 2 && 2 * i + r < H; ++r, dst += W) {
+            const v16 a = __builtin_shuffle(y[r][0], y[r][1], lo), b = __builtin_shuffle(y[r][0], y[r][1], hi);
+            std::memcpy(dst, &a, 64), std::memcpy(dst + 16, &b, 64);
+        }
+        return;
+    }
+    for (int lane = 0; lane < 16; ++lane) {
+        const int64_t t = gv * 16 + lane;
+        if (t >= T) break;
+        const int64_t j = t % Tw, ni = t / Tw, i = ni % Th;
+        float* dst = plane(ni / Th);
+        for (int r = 0; r < 2 && 2 * i + r < H; ++r)
+            for (int c = 0; c < 2 && 2 * j + c < W; ++c) dst[(2 * i + r) * W + 2 * j + c] = y[r][c][lane];
+    }
+}
+
+// out(n, c) = bias[c] + sum over ci, 3x3 taps of weight(c, ci, ky, kx) * x[n][ci][y+ky-1][x+kx-1]
+// (zero outside), ReLU if relu. x: channels [0, C1) of (N, Ci, H, W), x2 the rest;
+// plane(n, c): the (H, W) plane of output channel c of image n.
+template <class Weight, class Plane>
+inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* x, int64_t C1,
+                          const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane) {
+    const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
+    const bool rowvec = W % 32 == 0;
+    Copy g;   // without row vectors: the zero-padded copy, the tiles' reads in bounds
+    g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
+    g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
+    const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
+    float* B = rowvec ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
+    if (!rowvec) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+    C1 = std::min(C1, Ci);
+    const int64_t nblk = (Co + kCB - 1) / kCB;
+    float* U = scratch(1, nblk * 16 * Ci * kCB);
+    winograd_weights(Co, Ci, U, weight);
+    // vectors of 16 tiles per chunk: V (16 x Ci x 16*CT floats) about 384 KiB, in L2
+    const int64_t CT = std::max<int64_t>(4, 384 / std::max<int64_t>(Ci, 1)), nchunk = (nv + CT - 1) / CT;
+    const int64_t Vc = 16 * CT, Vxi = Ci * Vc;   // V[xi][ci][tile of the chunk]
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t ch = 0; ch < nchunk; ++ch) {
+        const int64_t v0 = ch * CT, nvc = std::min(CT, nv - v0);
+        static thread_local std::vector<v16> vbuf;
+        if ((int64_t)vbuf.size() < Vxi) vbuf.resize(Vxi);   // 16 * Vxi floats
+        float* V = reinterpret_cast<float*>(vbuf.data());
+        for (int64_t c = 0; c < Ci; ++c)
+            for (int64_t v = 0; v < nvc; ++v)
+                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, Th, Tw, T, rowvec, v0 + v,
+                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Vxi);
+        alignas(64) float M[16 * kCB * 64];   // M[xi][j][64 tiles]
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            int64_t c0;
+            int nc;
+            channel_block(Co, kCB, blk, c0, nc);
+            const float* u = U + blk * 16 * Ci * kCB;
+            for (int64_t vg = 0; vg < nvc; vg += 4) {
+                const int tv = (int)std::min<int64_t>(4, nvc - vg);
+                for (int xi = 0; xi < 16; ++xi) {
+                    const float* Vx = V + xi * Vxi + 16 * vg;
+                    const float* ux = u + xi * Ci * kCB;
+                    float* Mx = M + xi * kCB * 64;
+                    switch (nc) {
+                        case 1: winograd_gemm_tv<1>(tv, Vx, Vc, Ci, ux, Mx); break;
+                        case 2: winograd_gemm_tv<2>(tv, Vx, Vc, Ci, ux, Mx); break;
+                        case 3: winograd_gemm_tv<3>(tv, Vx, Vc, Ci, ux, Mx); break;
+                        case 4: winograd_gemm_tv<4>(tv, Vx, Vc, Ci, ux, Mx); break;
+                        case 5: winograd_gemm_tv<5>(tv, Vx, Vc, Ci, ux, Mx); break;
+                        default: winograd_gemm_tv<6>(tv, Vx, Vc, Ci, ux, Mx); break;
+                    }
+                }
+                for (int j = 0; j < nc; ++j)
+                    for (int v = 0; v < tv; ++v)
+                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, Th, Tw, T, rowvec, v0 + vg + v,
+                                        bias ? bias[c0 + j] : 0.0f, relu,
+                                        [&](int64_t n) { return plane(n, c0 + j); });
+            }
+        }
+    }
+}
+
 // The buffer of x read by forward and weight gradient, and each tap's offset into it:
 // along an axis, output o and tap k read input o*S - P + k*Dil = (o + sh)*S + ph, i.e.
 // copy index o + sh in phase ph.
@@ -816,6 +1050,10 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
 inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu,
                               int64_t C1, const float* x2) {
     if (N * Co * Do * Ho * Wo == 0) return;
+    if (winograd_fits(CUNET_CONV_ARGS))
+        return winograd_conv(N, Ci, Co, H, W, x, C1, x2,
+                             [&](int64_t co, int64_t ci, int ky, int kx) { return w[((co * Ci + ci) * 3 + ky) * 3 + kx]; },
+                             b, relu, [&](int64_t n, int64_t c) { return y + (n * Co + c) * H * W; });
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int nt = (int)off.size();
@@ -845,6 +1083,10 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
 inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
                                     float* dx, int64_t C1, float* dx2) {
     if (N * Ci * D * H * W == 0) return;
+    if (winograd_fits(CUNET_CONV_ARGS))   // the 3x3 conv of dy with the flipped, transposed filter
+        return winograd_conv(N, Co, Ci, H, W, dy, Co, nullptr,
+                             [&](int64_t ci, int64_t co, int ky, int kx) { return w[((co * Ci + ci) * 3 + 2 - ky) * 3 + 2 - kx]; },
+                             b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n, c, H * W); });
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
     Copy g;   // dy, one phase, read at copy index i' + e by every (phase, tap)

@@ -54,6 +54,13 @@ CONV = [
     ((9, 1, 17), 1, 1, 3, 3, 2, 1, 1),
     ((4, 6, 8), 1, 5, 17, 2, 2, 0, 1),
     ((5, 4, 33), 1, 3, 1, 3, 1, 2, 2),
+    # Winograd F(2x2, 3x3) (2D 3x3, stride 1, padding 1): widths a multiple of 32 (row
+    # vectors of tiles) with odd and even heights, chunks that end in 1-3 vectors, 1-6
+    # channel blocks
+    ((5, 64), 2, 3, 7, 3, 1, 1, 1),
+    ((4, 32), 1, 20, 9, 3, 1, 1, 1),
+    ((33, 64), 3, 5, 13, 3, 1, 1, 1),
+    ((2, 2), 2, 1, 1, 3, 1, 1, 1),
 ]
 
 
