@@ -469,7 +469,16 @@ extern "C" __global__ void conv_sum_slices(int64_t n, int64_t slices, const floa
 // Deterministic: every output is summed by one thread in a fixed order; the weight
 // gradient's q-slices are fixed by the shape, not by the thread count, and reduced in order.
 #if defined(CUNET_HOST)
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 namespace cunet::conv_host {
+
+#if defined(_OPENMP)
+inline int64_t host_threads() { return omp_get_max_threads(); }
+#else
+inline int64_t host_threads() { return 1; }
+#endif
 
 typedef float v16 __attribute__((vector_size(64)));                           // one zmm register
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));   // unaligned access
@@ -494,9 +503,10 @@ inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a +
 inline int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
 // Scratch per calling thread, grown on demand and kept: fresh pages on every call would
-// cost more than filling them. Slots: 0 read buffer, 1 packed weights / dy grid, 2 partial dw.
+// cost more than filling them. Slots: 0 read buffer, 1 packed weights / dy grid, 2 partial dw,
+// 3 transformed tiles (Winograd weight gradient).
 inline float* scratch(int slot, int64_t n) {
-    static thread_local std::vector<float> buf[3];
+    static thread_local std::vector<float> buf[4];
     std::vector<float>& v = buf[slot];
     if ((int64_t)v.size() < n + 16) v.resize(n + 16);
     return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
@@ -791,6 +801,7 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
 // (contiguous loads and stores), otherwise its lanes are gathered and scattered.
 // Accuracy: exact transforms up to rounding (B, A have entries 0, +-1; G's 1/2 is exact).
 typedef int v16i __attribute__((vector_size(64)));
+constexpr int64_t kWinogradWgradTiles = 256;   // fewer tiles: the direct weight gradient
 
 inline bool winograd_fits(CUNET_CONV_DIMS) {
     (void)N, (void)Ci, (void)Co;
@@ -863,18 +874,32 @@ inline void winograd_in4(v16& d0, v16& d1, v16& d2, v16& d3) {
     d0 = a, d1 = b, d2 = c, d3 = e;
 }
 
-// The 16 tiles of vector gv, channel c: V[xi*Vxi] (16 floats) = (B^T d B)[xi]. Rows of
+// Coordinates (image n, tile row i, tile column j) of tiles t0 .. t0+count-1 of the
+// N x Th x Tw tiles, n = -1 past the last: computed once per chunk, read per channel.
+struct Tiles {
+    std::vector<int32_t> n, i, j;
+    void fill(int64_t t0, int64_t count, int64_t T, int64_t Th, int64_t Tw) {
+        n.resize(count), i.resize(count), j.resize(count);
+        int64_t jj = t0 % Tw, ni = t0 / Tw, ii = ni % Th, nn = ni / Th;
+        for (int64_t k = 0; k < count; ++k) {
+            n[k] = t0 + k < T ? (int32_t)nn : -1, i[k] = (int32_t)ii, j[k] = (int32_t)jj;
+            if (++jj == Tw) jj = 0, ii = ii + 1 == Th ? 0 : ii + 1, nn += ii == 0;
+        }
+    }
+};
+
+// The 16 tiles k0 .. k0+15 of table tl, one channel: V[xi*Vxi] (16 floats) = (B^T d B)[xi]. Rows of
 // tiles (W a multiple of 32, rowvec): read in place from plane(n) of the input (H x W), rows
 // outside the image zero, the columns left and right of it shifted in as zeros. Otherwise
 // gathered from B, a zero-padded copy of the channel (rows of Wp, (n, row) at n*Hp + row,
 // image element (y, x) at row y + 1, column x + 1).
 template <class Plane>
-inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, int64_t W, int64_t Th, int64_t Tw,
-                           int64_t T, bool rowvec, int64_t gv, Plane&& plane, float* V, int64_t Vxi) {
+inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, int64_t W, bool rowvec, const Tiles& tl,
+                           int64_t k0, Plane&& plane, float* V, int64_t Vxi) {
     v16 d[4][4];
     if (rowvec) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
-        const int64_t t = gv * 16, j0 = t % Tw, ni = t / Tw, i = ni % Th;
-        const float* src = plane(ni / Th);
+        const int64_t j0 = tl.j[k0], i = tl.i[k0];
+        const float* src = plane(tl.n[k0]);
         const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
         const v16i right = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, left = right + 14;
         const v16 zero = v16{};
@@ -894,16 +919,15 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
         }
     } else {
         for (int lane = 0; lane < 16; ++lane) {
-            const int64_t t = gv * 16 + lane;
-            if (t >= T) {
+            const int64_t k = k0 + lane;
+            if (tl.n[k] < 0) {
                 for (int a = 0; a < 4; ++a)
-                    for (int k = 0; k < 4; ++k) d[a][k][lane] = 0.0f;
+                    for (int c = 0; c < 4; ++c) d[a][c][lane] = 0.0f;
                 continue;
             }
-            const int64_t j = t % Tw, ni = t / Tw;
-            const float* p = B + (ni / Th * Hp + 2 * (ni % Th)) * Wp + 2 * j;
+            const float* p = B + (tl.n[k] * Hp + 2 * tl.i[k]) * Wp + 2 * tl.j[k];
             for (int a = 0; a < 4; ++a)
-                for (int k = 0; k < 4; ++k) d[a][k][lane] = p[a * Wp + k];
+                for (int c = 0; c < 4; ++c) d[a][c][lane] = p[a * Wp + c];
         }
     }
     for (int k = 0; k < 4; ++k) winograd_in4(d[0][k], d[1][k], d[2][k], d[3][k]);
@@ -915,8 +939,8 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
 // A^T m A of 16 tiles (m[xi] at M + xi*Ms) plus bias, ReLU, into rows 2i, 2i+1, columns
 // 2j, 2j+1 of plane(n) (H x W), the positions inside the image.
 template <class Plane>
-inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, int64_t Th, int64_t Tw, int64_t T,
-                            bool rowvec, int64_t gv, float bias, bool relu, Plane&& plane) {
+inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, bool rowvec, const Tiles& tl, int64_t k0,
+                            float bias, bool relu, Plane&& plane) {
     v16 s[2][4];
     for (int k = 0; k < 4; ++k) {
         const v16 m0 = load16(M + k * Ms), m1 = load16(M + (4 + k) * Ms), m2 = load16(M + (8 + k) * Ms),
@@ -931,8 +955,8 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
             for (int c = 0; c < 2; ++c) y[r][c] = y[r][c] < zero ? zero : y[r][c];
     }
     if (rowvec) {   // W a multiple of 32: the 16 tiles are 32 columns of rows 2i, 2i+1
-        const int64_t t = gv * 16, j0 = t % Tw, ni = t / Tw, i = ni % Th;
-        float* dst = plane(ni / Th) + 2 * i * W + 2 * j0;
+        const int64_t j0 = tl.j[k0], i = tl.i[k0];
+        float* dst = plane(tl.n[k0]) + 2 * i * W + 2 * j0;
         const v16i lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}, hi = lo + 8;
         for (int r = 0; r < 2 && 2 * i + r < H; ++r, dst += W) {
             const v16 a = __builtin_shuffle(y[r][0], y[r][1], lo), b = __builtin_shuffle(y[r][0], y[r][1], hi);
@@ -941,10 +965,9 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
         return;
     }
     for (int lane = 0; lane < 16; ++lane) {
-        const int64_t t = gv * 16 + lane;
-        if (t >= T) break;
-        const int64_t j = t % Tw, ni = t / Tw, i = ni % Th;
-        float* dst = plane(ni / Th);
+        const int64_t k = k0 + lane, j = tl.j[k], i = tl.i[k];
+        if (tl.n[k] < 0) break;
+        float* dst = plane(tl.n[k]);
         for (int r = 0; r < 2 && 2 * i + r < H; ++r)
             for (int c = 0; c < 2 && 2 * j + c < W; ++c) dst[(2 * i + r) * W + 2 * j + c] = y[r][c][lane];
     }
@@ -977,9 +1000,11 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
         static thread_local std::vector<v16> vbuf;
         if ((int64_t)vbuf.size() < Vxi) vbuf.resize(Vxi);   // 16 * Vxi floats
         float* V = reinterpret_cast<float*>(vbuf.data());
+        static thread_local Tiles tl;
+        tl.fill(v0 * 16, nvc * 16, T, Th, Tw);
         for (int64_t c = 0; c < Ci; ++c)
             for (int64_t v = 0; v < nvc; ++v)
-                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, Th, Tw, T, rowvec, v0 + v,
+                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, rowvec, tl, 16 * v,
                                [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Vxi);
         alignas(64) float M[16 * kCB * 64];   // M[xi][j][64 tiles]
         for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -1004,11 +1029,147 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
                 }
                 for (int j = 0; j < nc; ++j)
                     for (int v = 0; v < tv; ++v)
-                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, Th, Tw, T, rowvec, v0 + vg + v,
+                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, rowvec, tl, 16 * (vg + v),
                                         bias ? bias[c0 + j] : 0.0f, relu,
                                         [&](int64_t n) { return plane(n, c0 + j); });
             }
         }
+    }
+}
+
+// A dY A^T (4x4) of the 2x2 gradient tiles (rows 2i, 2i+1, columns 2j, 2j+1 of plane(n),
+// zero outside the image) of the 16 tiles k0 .. k0+15 of table tl: Z[xi*Zxi] (16 floats).
+template <class Plane>
+inline void winograd_grad_tile(int64_t H, int64_t W, bool rowvec, const Tiles& tl, int64_t k0, Plane&& plane, float* Z,
+                               int64_t Zxi) {
+    v16 e[2][2];
+    if (rowvec) {
+        const int64_t j0 = tl.j[k0], i = tl.i[k0];
+        const float* src = plane(tl.n[k0]) + 2 * i * W + 2 * j0;
+        const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
+        for (int r = 0; r < 2; ++r) {
+            if (2 * i + r >= H) {
+                e[r][0] = e[r][1] = v16{};
+                continue;
+            }
+            const v16 l = load16(src + r * W), h = load16(src + r * W + 16);
+            e[r][0] = __builtin_shuffle(l, h, ev), e[r][1] = __builtin_shuffle(l, h, od);
+        }
+    } else {
+        for (int lane = 0; lane < 16; ++lane) {
+            const int64_t k = k0 + lane, j = tl.j[k], i = tl.i[k];
+            const float* src = tl.n[k] >= 0 ? plane(tl.n[k]) : nullptr;
+            for (int r = 0; r < 2; ++r)
+                for (int c = 0; c < 2; ++c)
+                    e[r][c][lane] = src && 2 * i + r < H && 2 * j + c < W ? src[(2 * i + r) * W + 2 * j + c] : 0.0f;
+        }
+    }
+    v16 z[4][2];   // A e along rows: (e0, e0 + e1, e0 - e1, -e1)
+    for (int c = 0; c < 2; ++c)
+        z[0][c] = e[0][c], z[1][c] = e[0][c] + e[1][c], z[2][c] = e[0][c] - e[1][c], z[3][c] = -e[1][c];
+    for (int a = 0; a < 4; ++a) {
+        *reinterpret_cast<v16*>(Z + (a * 4) * Zxi) = z[a][0];
+        *reinterpret_cast<v16*>(Z + (a * 4 + 1) * Zxi) = z[a][0] + z[a][1];
+        *reinterpret_cast<v16*>(Z + (a * 4 + 2) * Zxi) = z[a][0] - z[a][1];
+        *reinterpret_cast<v16*>(Z + (a * 4 + 3) * Zxi) = -z[a][1];
+    }
+}
+
+// Weight gradient of the layers winograd_conv computes: dw = G^T [sum over tiles of
+// (A dY A^T) ⊙ (B^T d B)] G per (co, ci). The tiles are cut into slices fixed by the shape
+// (deterministic): per slice one thread transforms x and dy (V, Z: in L2) and takes the 16
+// dot products over the slice's tiles per (co, ci) (dot_block, 16-lane partials, reduced
+// once per slice); the slices' sums are added in slice order.
+inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* dy,
+                                const float* x, int64_t C1, const float* x2, float* dw) {
+    const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
+    const bool rowvec = W % 32 == 0;
+    Copy g;   // as in winograd_conv
+    g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
+    g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
+    const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
+    float* B = rowvec ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
+    if (!rowvec) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+    C1 = std::min(C1, Ci);
+    // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
+    const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co))), nsl = (nv + SV - 1) / SV;
+    const int64_t size = 16 * Co * Ci, Vc = 16 * SV, nca = (Co + kCA - 1) / kCA, ncb = (Ci + kCBW - 1) / kCBW;
+    float* part = scratch(2, nsl * size);
+    // slice s: transform channel c (x's for c < Ci, then dy's) into V[xi][ci][16*SV] / Z[xi][co][16*SV]
+    auto transform = [&](int64_t s, int64_t c, const Tiles& tl, float* V) {
+        const int64_t nvs = std::min(SV, nv - s * SV);
+        if (c < Ci)
+            for (int64_t v = 0; v < nvs; ++v)
+                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, rowvec, tl, 16 * v,
+                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Ci * Vc);
+        else
+            for (int64_t v = 0; v < nvs; ++v)
+                winograd_grad_tile(H, W, rowvec, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * H * W; },
+                                   V + 16 * Ci * Vc + (c - Ci) * Vc + 16 * v, Co * Vc);
+    };
+    // slice s, component xi, block a of Co: the dot products into part
+    auto dots = [&](int64_t s, int xi, int64_t a, const float* V) {
+        const int64_t nq = std::min(SV, nv - s * SV) * 16;
+        int64_t a0;
+        int na;
+        channel_block(Co, kCA, a, a0, na);
+        const float* Ab = V + 16 * Ci * Vc + (xi * Co + a0) * Vc;
+        float* P = part + s * size;
+        v16 vp[kCA * kCBW];
+        for (int64_t b = 0; b < ncb; ++b) {
+            int64_t b0;
+            int nb;
+            channel_block(Ci, kCBW, b, b0, nb);
+            const float* Bb = V + (xi * Ci + b0) * Vc;
+            switch (na) {
+                case 1: dot_block_a<1>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+                case 2: dot_block_a<2>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+                case 3: dot_block_a<3>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+                case 4: dot_block_a<4>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+                case 5: dot_block_a<5>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+                default: dot_block_a<6>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
+            }
+            for (int j = 0; j < na; ++j)
+                for (int i = 0; i < nb; ++i) P[(xi * Co + a0 + j) * Ci + b0 + i] = hsum16(vp[j * kCBW + i]);
+        }
+    };
+    if (nsl >= 2 * host_threads()) {   // a slice per thread
+#pragma omp parallel for schedule(dynamic)
+        for (int64_t s = 0; s < nsl; ++s) {
+            static thread_local std::vector<v16> vbuf;
+            if ((int64_t)vbuf.size() < (Ci + Co) * Vc) vbuf.resize((Ci + Co) * Vc);
+            float* V = reinterpret_cast<float*>(vbuf.data());
+            static thread_local Tiles tl;
+            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, T, Th, Tw);
+            for (int64_t c = 0; c < Ci + Co; ++c) transform(s, c, tl, V);
+            for (int xi = 0; xi < 16; ++xi)
+                for (int64_t a = 0; a < nca; ++a) dots(s, xi, a, V);
+        }
+    } else {   // few slices: the threads share each one
+        float* V = scratch(3, 16 * (Ci + Co) * Vc);
+        Tiles tl;
+        for (int64_t s = 0; s < nsl; ++s) {
+            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, T, Th, Tw);
+#pragma omp parallel for schedule(dynamic)
+            for (int64_t c = 0; c < Ci + Co; ++c) transform(s, c, tl, V);
+#pragma omp parallel for schedule(dynamic)
+            for (int64_t i = 0; i < 16 * nca; ++i) dots(s, (int)(i / nca), i % nca, V);
+        }
+    }
+    static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < Co * Ci; ++i) {
+        float m[4][4], t[3][4];
+        for (int xi = 0; xi < 16; ++xi) {
+            float acc = part[xi * Co * Ci + i];
+            for (int64_t s = 1; s < nsl; ++s) acc += part[s * size + xi * Co * Ci + i];
+            m[xi / 4][xi % 4] = acc;
+        }
+        for (int k = 0; k < 3; ++k)
+            for (int b = 0; b < 4; ++b) t[k][b] = G[0][k] * m[0][b] + G[1][k] * m[1][b] + G[2][k] * m[2][b] + G[3][k] * m[3][b];
+        for (int k = 0; k < 3; ++k)
+            for (int l = 0; l < 3; ++l)
+                dw[i * 9 + k * 3 + l] = t[k][0] * G[0][l] + t[k][1] * G[1][l] + t[k][2] * G[2][l] + t[k][3] * G[3][l];
     }
 }
 
@@ -1153,6 +1314,8 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
     const int64_t nk = KD * KH * KW;
     if (Co * Ci * nk == 0) return;
     if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
+    if (winograd_fits(CUNET_CONV_ARGS) && N * ((H + 1) / 2) * ((W + 1) / 2) >= kWinogradWgradTiles)
+        return winograd_conv_wgrad(N, Ci, Co, H, W, dy, x, C1, x2, dw);
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int64_t Bs = g.phases() * N * g.L(), Q = N * g.L(), Qr = (Q + 15) / 16 * 16, slack = g.L() + kChunk + 16;
