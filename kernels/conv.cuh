@@ -797,11 +797,14 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
 // V (in L2), then per block of <= 6 output channels and 64 tiles the 16 GEMMs (register
 // blocked like flat_tile, aligned loads) leave M in L1, and the output transform writes
 // y with bias and ReLU. Tiles are numbered (n, i, j) over N x ceil(H/2) x ceil(W/2);
-// where W is a multiple of 32 a vector of 16 tiles is 32 columns of one row pair
-// (contiguous loads and stores), otherwise its lanes are gathered and scattered.
+// where W is a multiple of 32 a vector of 16 tiles is 32 columns of one row pair, where W
+// is 16 or 8 it is 2 or 4 whole tile rows (contiguous loads and stores, winograd_groups);
+// otherwise its lanes are gathered and scattered.
 // Accuracy: exact transforms up to rounding (B, A have entries 0, +-1; G's 1/2 is exact).
 typedef int v16i __attribute__((vector_size(64)));
-constexpr int64_t kWinogradWgradTiles = 256;   // fewer tiles: the direct weight gradient
+constexpr int64_t kWinogradWgradTiles = 64;   // fewer tiles: the direct weight gradient
+// G, the filter transform (U = G g G^T)
+constexpr float kWinogradG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 
 inline bool winograd_fits(CUNET_CONV_DIMS) {
     (void)N, (void)Ci, (void)Co;
@@ -813,7 +816,6 @@ inline bool winograd_fits(CUNET_CONV_DIMS) {
 template <class Weight>
 inline void winograd_weights(int64_t Co, int64_t Ci, float* U, Weight&& weight) {
     const int64_t nblk = (Co + kCB - 1) / kCB;
-    static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nblk * Ci; ++i) {
         const int64_t blk = i / Ci, ci = i % Ci;
@@ -826,10 +828,10 @@ inline void winograd_weights(int64_t Co, int64_t Ci, float* U, Weight&& weight) 
                 for (int ky = 0; ky < 3; ++ky)
                     for (int kx = 0; kx < 3; ++kx) g[ky][kx] = weight(c0 + j, ci, ky, kx);
             for (int a = 0; a < 4; ++a)
-                for (int l = 0; l < 3; ++l) t[a][l] = G[a][0] * g[0][l] + G[a][1] * g[1][l] + G[a][2] * g[2][l];
+                for (int l = 0; l < 3; ++l) t[a][l] = kWinogradG[a][0] * g[0][l] + kWinogradG[a][1] * g[1][l] + kWinogradG[a][2] * g[2][l];
             for (int a = 0; a < 4; ++a)
                 for (int b = 0; b < 4; ++b)
-                    U[((blk * 16 + a * 4 + b) * Ci + ci) * kCB + j] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+                    U[((blk * 16 + a * 4 + b) * Ci + ci) * kCB + j] = t[a][0] * kWinogradG[b][0] + t[a][1] * kWinogradG[b][1] + t[a][2] * kWinogradG[b][2];
         }
     }
 }
@@ -888,16 +890,55 @@ struct Tiles {
     }
 };
 
-// The 16 tiles k0 .. k0+15 of table tl, one channel: V[xi*Vxi] (16 floats) = (B^T d B)[xi]. Rows of
-// tiles (W a multiple of 32, rowvec): read in place from plane(n) of the input (H x W), rows
-// outside the image zero, the columns left and right of it shifted in as zeros. Otherwise
-// gathered from B, a zero-padded copy of the channel (rows of Wp, (n, row) at n*Hp + row,
-// image element (y, x) at row y + 1, column x + 1).
+// How a vector's 16 tiles lie: 1, one tile row (W a multiple of 32: columns read in place);
+// 2 or 4, that many whole tile rows (W = 16 or 8: rows of the padded copy, dy in place);
+// 0, anywhere (lanes gathered one by one).
+inline int winograd_groups(int64_t W) { return W % 32 == 0 ? 1 : W == 16 ? 2 : W == 8 ? 4 : 0; }
+
+// Lanes of G = 2 or 4 groups of 16/G tiles from the group's row loads L[g]: lane k of group
+// g is element 2k (ev) or 2k + 1 (od) of L[g]. (G = 1 is G = 2 with the row in L[0], L[1].)
+inline void group_lanes(int G, const v16* L, v16& ev, v16& od) {
+    const v16i e2 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    if (G <= 2) {
+        ev = __builtin_shuffle(L[0], L[1], e2), od = __builtin_shuffle(L[0], L[1], e2 + 1);
+        return;
+    }
+    const v16i e4 = {0, 2, 4, 6, 16, 18, 20, 22, 1, 3, 5, 7, 17, 19, 21, 23};
+    const v16i lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const v16 a = __builtin_shuffle(L[0], L[1], e4), b = __builtin_shuffle(L[2], L[3], e4);
+    ev = __builtin_shuffle(a, b, lo), od = __builtin_shuffle(a, b, lo + 8);
+}
+
+// n floats from p into a vector, the rest zero.
+inline v16 load_n(const float* p, int n) {
+    v16 v = v16{};
+    std::memcpy(&v, p, 4 * n);
+    return v;
+}
+
+// The 16 tiles k0 .. k0+15 of table tl, one channel: V[xi*Vxi] (16 floats) = (B^T d B)[xi].
+// G = 1 (one tile row): read in place from plane(n) of the input (H x W), rows outside the
+// image zero, the columns left and right of it shifted in as zeros. Otherwise read from B, a
+// zero-padded copy of the channel (rows of Wp, (n, row) at n*Hp + row, image element (y, x)
+// at row y + 1, column x + 1): G tile rows per vector, or lane by lane (G = 0).
 template <class Plane>
-inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, int64_t W, bool rowvec, const Tiles& tl,
+inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, int64_t W, int G, const Tiles& tl,
                            int64_t k0, Plane&& plane, float* V, int64_t Vxi) {
     v16 d[4][4];
-    if (rowvec) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
+    if (G > 1) {   // group g: tile row (n, i) at lanes g*Tw ..: columns 0 .. 2Tw+1 of its rows 2i .. 2i+3 in B
+        const int Tw = 16 / G;
+        const float* base[4];
+        for (int g = 0; g < G; ++g) {
+            const int64_t k = k0 + g * Tw;
+            base[g] = B + (std::max<int64_t>(tl.n[k], 0) * Hp + 2 * tl.i[k]) * Wp;   // n < 0: any row, dropped
+        }
+        for (int a = 0; a < 4; ++a)
+            for (int c = 0; c < 4; c += 2) {
+                v16 L[4];
+                for (int g = 0; g < G; ++g) L[g] = load16(base[g] + a * Wp + c);
+                group_lanes(G, L, d[a][c], d[a][c + 1]);
+            }
+    } else if (G == 1) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
         const int64_t j0 = tl.j[k0], i = tl.i[k0];
         const float* src = plane(tl.n[k0]);
         const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
@@ -939,7 +980,7 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
 // A^T m A of 16 tiles (m[xi] at M + xi*Ms) plus bias, ReLU, into rows 2i, 2i+1, columns
 // 2j, 2j+1 of plane(n) (H x W), the positions inside the image.
 template <class Plane>
-inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, bool rowvec, const Tiles& tl, int64_t k0,
+inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, int G, const Tiles& tl, int64_t k0,
                             float bias, bool relu, Plane&& plane) {
     v16 s[2][4];
     for (int k = 0; k < 4; ++k) {
@@ -954,13 +995,18 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, bo
         if (relu)
             for (int c = 0; c < 2; ++c) y[r][c] = y[r][c] < zero ? zero : y[r][c];
     }
-    if (rowvec) {   // W a multiple of 32: the 16 tiles are 32 columns of rows 2i, 2i+1
-        const int64_t j0 = tl.j[k0], i = tl.i[k0];
-        float* dst = plane(tl.n[k0]) + 2 * i * W + 2 * j0;
+    if (G >= 1) {   // the pairs (y0, y1) of each tile in lane order: G runs of 32/G columns of row 2i + r
+        const int Tw = 16 / G;   // tiles per group (G = 1: the 16 tiles from column 2*j0)
         const v16i lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}, hi = lo + 8;
-        for (int r = 0; r < 2 && 2 * i + r < H; ++r, dst += W) {
-            const v16 a = __builtin_shuffle(y[r][0], y[r][1], lo), b = __builtin_shuffle(y[r][0], y[r][1], hi);
-            std::memcpy(dst, &a, 64), std::memcpy(dst + 16, &b, 64);
+        for (int r = 0; r < 2; ++r) {
+            alignas(64) float row[32];
+            *reinterpret_cast<v16*>(row) = __builtin_shuffle(y[r][0], y[r][1], lo);
+            *reinterpret_cast<v16*>(row + 16) = __builtin_shuffle(y[r][0], y[r][1], hi);
+            for (int g = 0; g < G; ++g) {
+                const int64_t k = k0 + g * Tw, i = tl.i[k];
+                if (tl.n[k] >= 0 && 2 * i + r < H)
+                    std::memcpy(plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k], row + 2 * g * Tw, 8 * Tw);
+            }
         }
         return;
     }
@@ -980,13 +1026,13 @@ template <class Weight, class Plane>
 inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* x, int64_t C1,
                           const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane) {
     const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
-    const bool rowvec = W % 32 == 0;
-    Copy g;   // without row vectors: the zero-padded copy, the tiles' reads in bounds
+    const int G = winograd_groups(W);
+    Copy g;   // unless G = 1: the zero-padded copy, the tiles' reads in bounds
     g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
     g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
     const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
-    float* B = rowvec ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
-    if (!rowvec) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+    float* B = G == 1 ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
+    if (G != 1) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
     C1 = std::min(C1, Ci);
     const int64_t nblk = (Co + kCB - 1) / kCB;
     float* U = scratch(1, nblk * 16 * Ci * kCB);
@@ -1004,7 +1050,7 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
         tl.fill(v0 * 16, nvc * 16, T, Th, Tw);
         for (int64_t c = 0; c < Ci; ++c)
             for (int64_t v = 0; v < nvc; ++v)
-                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, rowvec, tl, 16 * v,
+                winograd_input(G == 1 ? nullptr : B + c * Bs, Hp, Wp, H, W, G, tl, 16 * v,
                                [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Vxi);
         alignas(64) float M[16 * kCB * 64];   // M[xi][j][64 tiles]
         for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -1029,7 +1075,7 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
                 }
                 for (int j = 0; j < nc; ++j)
                     for (int v = 0; v < tv; ++v)
-                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, rowvec, tl, 16 * (vg + v),
+                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, G, tl, 16 * (vg + v),
                                         bias ? bias[c0 + j] : 0.0f, relu,
                                         [&](int64_t n) { return plane(n, c0 + j); });
             }
@@ -1040,20 +1086,20 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
 // A dY A^T (4x4) of the 2x2 gradient tiles (rows 2i, 2i+1, columns 2j, 2j+1 of plane(n),
 // zero outside the image) of the 16 tiles k0 .. k0+15 of table tl: Z[xi*Zxi] (16 floats).
 template <class Plane>
-inline void winograd_grad_tile(int64_t H, int64_t W, bool rowvec, const Tiles& tl, int64_t k0, Plane&& plane, float* Z,
+inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int64_t k0, Plane&& plane, float* Z,
                                int64_t Zxi) {
     v16 e[2][2];
-    if (rowvec) {
-        const int64_t j0 = tl.j[k0], i = tl.i[k0];
-        const float* src = plane(tl.n[k0]) + 2 * i * W + 2 * j0;
-        const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
+    if (G >= 1) {   // group g (tile row (n, i), G = 1: from column 2*j0): row 2i + r, 32/G columns
+        const int Tw = 16 / G;
         for (int r = 0; r < 2; ++r) {
-            if (2 * i + r >= H) {
-                e[r][0] = e[r][1] = v16{};
-                continue;
+            v16 L[4];
+            for (int g = 0; g < std::max(G, 2); ++g) {
+                const int64_t k = k0 + (G == 1 ? 0 : g * Tw), i = tl.i[k];
+                L[g] = tl.n[k] >= 0 && 2 * i + r < H
+                           ? load_n(plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k] + (G == 1 ? 16 * g : 0), std::min(2 * Tw, 16))
+                           : v16{};
             }
-            const v16 l = load16(src + r * W), h = load16(src + r * W + 16);
-            e[r][0] = __builtin_shuffle(l, h, ev), e[r][1] = __builtin_shuffle(l, h, od);
+            group_lanes(G, L, e[r][0], e[r][1]);
         }
     } else {
         for (int lane = 0; lane < 16; ++lane) {
@@ -1083,13 +1129,13 @@ inline void winograd_grad_tile(int64_t H, int64_t W, bool rowvec, const Tiles& t
 inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* dy,
                                 const float* x, int64_t C1, const float* x2, float* dw) {
     const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
-    const bool rowvec = W % 32 == 0;
+    const int G = winograd_groups(W);
     Copy g;   // as in winograd_conv
     g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
     g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
     const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
-    float* B = rowvec ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
-    if (!rowvec) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+    float* B = G == 1 ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
+    if (G != 1) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
     C1 = std::min(C1, Ci);
     // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
     const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co))), nsl = (nv + SV - 1) / SV;
@@ -1100,11 +1146,11 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
         const int64_t nvs = std::min(SV, nv - s * SV);
         if (c < Ci)
             for (int64_t v = 0; v < nvs; ++v)
-                winograd_input(rowvec ? nullptr : B + c * Bs, Hp, Wp, H, W, rowvec, tl, 16 * v,
+                winograd_input(G == 1 ? nullptr : B + c * Bs, Hp, Wp, H, W, G, tl, 16 * v,
                                [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Ci * Vc);
         else
             for (int64_t v = 0; v < nvs; ++v)
-                winograd_grad_tile(H, W, rowvec, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * H * W; },
+                winograd_grad_tile(H, W, G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * H * W; },
                                    V + 16 * Ci * Vc + (c - Ci) * Vc + 16 * v, Co * Vc);
     };
     // slice s, component xi, block a of Co: the dot products into part
@@ -1156,7 +1202,6 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             for (int64_t i = 0; i < 16 * nca; ++i) dots(s, (int)(i / nca), i % nca, V);
         }
     }
-    static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < Co * Ci; ++i) {
         float m[4][4], t[3][4];
@@ -1166,10 +1211,10 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             m[xi / 4][xi % 4] = acc;
         }
         for (int k = 0; k < 3; ++k)
-            for (int b = 0; b < 4; ++b) t[k][b] = G[0][k] * m[0][b] + G[1][k] * m[1][b] + G[2][k] * m[2][b] + G[3][k] * m[3][b];
+            for (int b = 0; b < 4; ++b) t[k][b] = kWinogradG[0][k] * m[0][b] + kWinogradG[1][k] * m[1][b] + kWinogradG[2][k] * m[2][b] + kWinogradG[3][k] * m[3][b];
         for (int k = 0; k < 3; ++k)
             for (int l = 0; l < 3; ++l)
-                dw[i * 9 + k * 3 + l] = t[k][0] * G[0][l] + t[k][1] * G[1][l] + t[k][2] * G[2][l] + t[k][3] * G[3][l];
+                dw[i * 9 + k * 3 + l] = t[k][0] * kWinogradG[0][l] + t[k][1] * kWinogradG[1][l] + t[k][2] * kWinogradG[2][l] + t[k][3] * kWinogradG[3][l];
     }
 }
 
