@@ -851,7 +851,7 @@ inline void winograd_gemm(const float* __restrict__ V, int64_t Vs, int64_t Ci, c
         for (int j = 0; j < CB; ++j) uv[j] = splat(u[j]);
 #pragma GCC unroll 4
         for (int v = 0; v < TV; ++v) {
-            const v16 xv = *reinterpret_cast<const v16*>(V + 16 * v);
+            const v16 xv = load16(V + 16 * v);
 #pragma GCC unroll 8
             for (int j = 0; j < CB; ++j) acc[j][v] += uv[j] * xv;
         }
@@ -1218,6 +1218,241 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     }
 }
 
+// ---- patch convolutions: kernel = stride, no padding (1x1 heads, 2x2 stride-2 up/down
+// sampling, as conv or as the data gradient that is a transposed conv). Every input voxel
+// meets one tap, so each pass is a plain GEMM over K = Ci*T (T taps) without duplication.
+// Work unit: a strip of R output rows (z, y) of one image, q = its R*Wo voxels. Per strip
+// the input is split by tap into X'[k = ci*T + t][q] (columns deinterleaved by the stride
+// in x), dy copied to DY'[co][q] (both zero to a multiple of 16, in L2); then
+//   forward          y[co][q]       = sum over k of w[co][k] X'[k][q]   (6 x 64 register blocks)
+//   data gradient    dx at tap t of q = sum over co of w[co][k] DY'[co][q], rows k = (ci, t)
+//   weight gradient  dw[co][k]      = sum over q of DY'[co][q] X'[k][q] (dot_block, per strip)
+// The weight gradient's strips are fixed by the shape and summed in strip order.
+inline bool patch_fits(CUNET_CONV_DIMS) {
+    (void)N, (void)Ci, (void)Co;
+    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
+    for (int a = 0; a < 3; ++a)
+        if (K[a] != S[a] || P[a] != 0 || (K[a] > 1 && Dl[a] != 1) || X[a] != O[a] * S[a]) return false;
+    return KW <= 2;
+}
+
+struct Patch {
+    int64_t T, K, rows, R, nstrip, nq16;   // taps, Ci*T, output rows per image, rows per strip
+    Patch(CUNET_CONV_DIMS, int64_t per_q) {
+        (void)D, (void)H, (void)W, (void)SD, (void)SH, (void)SW, (void)PD, (void)PH, (void)PW, (void)DD, (void)DH, (void)DW;
+        T = KD * KH * KW, K = Ci * T, rows = Do * Ho;
+        // strip: about 1 MiB of X' and DY' (per_q floats per voxel), at least 64 voxels
+        const int64_t want = std::max<int64_t>(64, (1 << 18) / std::max<int64_t>(per_q, 1));
+        R = std::min(rows, std::max<int64_t>(1, want / Wo));
+        nstrip = N * ((rows + R - 1) / R), nq16 = (R * Wo + 15) / 16 * 16;
+        (void)Co;
+    }
+    // 1x1: x's rows read in place when every strip is whole vectors (no read past an array)
+    bool in_place(int64_t Ci, int64_t C1, int64_t Wo) const {
+        return T == 1 && C1 >= Ci && R * Wo % 16 == 0 && rows * Wo % 16 == 0;
+    }
+    // strip s: image n, first output row r0, voxels nq
+    void strip(int64_t s, int64_t& n, int64_t& r0, int64_t& nq, int64_t Wo) const {
+        const int64_t per = (rows + R - 1) / R;
+        n = s / per, r0 = s % per * R, nq = std::min(R, rows - r0) * Wo;
+    }
+};
+
+// X'[(ci*T + t)*nq16 + q] for the strip (n, output rows r0 .., nq voxels); x2: channels [C1, Ci).
+inline void patch_split(CUNET_CONV_DIMS, const Patch& pt, const float* x, const float* x2, int64_t C1, int64_t n,
+                        int64_t r0, int64_t nq, float* Xs) {
+    (void)N, (void)Co, (void)SD, (void)SH, (void)SW, (void)PD, (void)PH, (void)PW, (void)DD, (void)DH, (void)DW, (void)Do;
+    const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    for (int64_t ci = 0; ci < Ci; ++ci) {
+        const float* plane = plane_of(x, x2, C1, Ci, n, ci, D * H * W);
+        for (int64_t lr = 0; lr * Wo < nq; ++lr) {
+            const int64_t oz = (r0 + lr) / Ho, oy = (r0 + lr) % Ho;
+            for (int64_t az = 0; az < KD; ++az)
+                for (int64_t ay = 0; ay < KH; ++ay) {
+                    const float* src = plane + ((oz * KD + az) * H + oy * KH + ay) * W;
+                    float* dst = Xs + (ci * pt.T + (az * KH + ay) * KW) * pt.nq16 + lr * Wo;
+                    if (KW == 1) {
+                        std::memcpy(dst, src, 4 * Wo);
+                        continue;
+                    }
+                    int64_t o = 0;
+                    for (; o + 16 <= Wo; o += 16) {
+                        const v16 lo = load16(src + 2 * o), hi = load16(src + 2 * o + 16);
+                        const v16 e = __builtin_shuffle(lo, hi, ev), d = __builtin_shuffle(lo, hi, ev + 1);
+                        std::memcpy(dst + o, &e, 64), std::memcpy(dst + pt.nq16 + o, &d, 64);
+                    }
+                    for (; o < Wo; ++o) dst[o] = src[2 * o], dst[pt.nq16 + o] = src[2 * o + 1];
+                }
+        }
+        for (int64_t t = 0; t < pt.T; ++t) std::fill(Xs + (ci * pt.T + t) * pt.nq16 + nq, Xs + (ci * pt.T + t + 1) * pt.nq16, 0.0f);
+    }
+}
+
+// DY'[co*nq16 + q]: the strip's voxels of dy (N, Co, Do*Ho*Wo), zero past nq.
+inline void patch_dy(int64_t Co, int64_t So, const Patch& pt, const float* dy, int64_t n, int64_t r0, int64_t Wo,
+                     int64_t nq, float* Ds) {
+    for (int64_t co = 0; co < Co; ++co) {
+        std::memcpy(Ds + co * pt.nq16, dy + (n * Co + co) * So + r0 * Wo, 4 * nq);
+        std::fill(Ds + co * pt.nq16 + nq, Ds + (co + 1) * pt.nq16, 0.0f);
+    }
+}
+
+// out[j*64 + 16v ..] (j < CB) of a GEMM with packed A (rows of kCB per k), B rows of stride Bs:
+// winograd_gemm, over K = the k count. Dispatch on the block's row count and vectors.
+inline void panel_gemm(int nc, int tv, const float* B, int64_t Bs, int64_t K, const float* a, float* out) {
+    switch (nc) {
+        case 1: return winograd_gemm_tv<1>(tv, B, Bs, K, a, out);
+        case 2: return winograd_gemm_tv<2>(tv, B, Bs, K, a, out);
+        case 3: return winograd_gemm_tv<3>(tv, B, Bs, K, a, out);
+        case 4: return winograd_gemm_tv<4>(tv, B, Bs, K, a, out);
+        case 5: return winograd_gemm_tv<5>(tv, B, Bs, K, a, out);
+        default: return winograd_gemm_tv<6>(tv, B, Bs, K, a, out);
+    }
+}
+
+inline void patch_forward(CUNET_CONV_DIMS, const float* x, const float* x2, int64_t C1, const float* w, const float* b,
+                          float* y, bool relu) {
+    const Patch pt(CUNET_CONV_ARGS, Ci * KD * KH * KW);
+    const int64_t So = Do * Ho * Wo, nblk = (Co + kCB - 1) / kCB;
+    float* wp = scratch(1, nblk * pt.K * kCB);
+    pack_weights(Co, pt.K, 1, wp, [&](int64_t co, int64_t k, int) { return w[co * pt.K + k]; });
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t s = 0; s < pt.nstrip; ++s) {
+        int64_t n, r0, nq;
+        pt.strip(s, n, r0, nq, Wo);
+        static thread_local std::vector<v16> buf;
+        if ((int64_t)buf.size() < pt.K * pt.nq16 / 16) buf.resize(pt.K * pt.nq16 / 16);
+        const float* Xs = reinterpret_cast<float*>(buf.data());
+        int64_t Xst = pt.nq16;   // X' row stride
+        if (pt.in_place(Ci, C1, Wo))
+            Xs = x + n * Ci * So + r0 * Wo, Xst = So;
+        else
+            patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, reinterpret_cast<float*>(buf.data()));
+        alignas(64) float tile[kCB * 64];
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            int64_t c0;
+            int nc;
+            channel_block(Co, kCB, blk, c0, nc);
+            for (int64_t q0 = 0; q0 < nq; q0 += 64) {
+                const int tv = (int)std::min<int64_t>(4, (nq - q0 + 15) / 16);
+                panel_gemm(nc, tv, Xs + q0, Xst, pt.K, wp + blk * pt.K * kCB, tile);
+                const int64_t m = std::min<int64_t>(64, nq - q0);
+                for (int j = 0; j < nc; ++j) {
+                    float* dst = y + (n * Co + c0 + j) * So + r0 * Wo + q0;
+                    const float bias = b ? b[c0 + j] : 0.0f;
+                    for (int64_t u = 0; u < m; ++u) {
+                        const float v = tile[j * 64 + u] + bias;
+                        dst[u] = relu && v < 0.0f ? 0.0f : v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The data gradient: rows k = ci*T + t of A = w^T, in blocks of exactly kCB rows (T even or
+// 1: the x-pairs (ax = 0, 1) of a row never straddle blocks), each written interleaved.
+inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx, int64_t C1,
+                       float* dx2) {
+    const Patch pt(CUNET_CONV_ARGS, Co);
+    const int64_t So = Do * Ho * Wo, nblk = (pt.K + kCB - 1) / kCB;
+    float* wp = scratch(1, nblk * Co * kCB);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nblk * Co; ++i) {
+        const int64_t blk = i / Co, co = i % Co;
+        for (int j = 0; j < kCB; ++j) {
+            const int64_t k = blk * kCB + j;
+            wp[i * kCB + j] = k < pt.K ? w[co * pt.K + k] : 0.0f;
+        }
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t s = 0; s < pt.nstrip; ++s) {
+        int64_t n, r0, nq;
+        pt.strip(s, n, r0, nq, Wo);
+        static thread_local std::vector<v16> buf;
+        if ((int64_t)buf.size() < Co * pt.nq16 / 16) buf.resize(Co * pt.nq16 / 16);
+        float* Ds = reinterpret_cast<float*>(buf.data());
+        patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
+        alignas(64) float tile[kCB * 64];
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            const int nc = (int)std::min<int64_t>(kCB, pt.K - blk * kCB);
+            for (int64_t q0 = 0; q0 < nq; q0 += 64) {
+                const int tv = (int)std::min<int64_t>(4, (nq - q0 + 15) / 16);
+                panel_gemm(nc, tv, Ds + q0, pt.nq16, Co, wp + blk * Co * kCB, tile);
+                const int64_t m = std::min<int64_t>(64, nq - q0);
+                for (int j = 0; j < nc; j += (int)KW) {
+                    const int64_t k = blk * kCB + j, ci = k / pt.T, t = k % pt.T, az = t / (KH * KW), ay = t / KW % KH;
+                    float* plane = plane_of(dx, dx2, C1, Ci, n, ci, D * H * W);
+                    const float bias = b ? b[ci] : 0.0f;
+                    for (int64_t u = 0; u < m;) {   // voxels q0+u .. of one output row
+                        const int64_t q = q0 + u, lr = q / Wo, ox = q % Wo, len = std::min(m - u, Wo - ox);
+                        const int64_t oz = (r0 + lr) / Ho, oy = (r0 + lr) % Ho;
+                        float* dst = plane + ((oz * KD + az) * H + oy * KH + ay) * W + ox * KW;
+                        const float* src = tile + j * 64 + u;
+                        if (KW == 1)
+                            for (int64_t e = 0; e < len; ++e) dst[e] = src[e] + bias;
+                        else
+                            for (int64_t e = 0; e < len; ++e) dst[2 * e] = src[e] + bias, dst[2 * e + 1] = src[64 + e] + bias;
+                        u += len;
+                    }
+                }
+            }
+        }
+    }
+}
+
+inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const float* x2, int64_t C1, float* dw) {
+    const Patch pt(CUNET_CONV_ARGS, Ci * KD * KH * KW + Co);
+    const int64_t So = Do * Ho * Wo, size = Co * pt.K, nca = (Co + kCA - 1) / kCA, ncb = (pt.K + kCBW - 1) / kCBW;
+    float* part = scratch(2, pt.nstrip * size);
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t s = 0; s < pt.nstrip; ++s) {
+        int64_t n, r0, nq;
+        pt.strip(s, n, r0, nq, Wo);
+        static thread_local std::vector<v16> buf;
+        if ((int64_t)buf.size() < (pt.K + Co) * pt.nq16 / 16) buf.resize((pt.K + Co) * pt.nq16 / 16);
+        float* Ds = reinterpret_cast<float*>(buf.data()) + pt.K * pt.nq16;
+        const float* Xs = reinterpret_cast<float*>(buf.data());
+        int64_t Xst = pt.nq16;   // X' row stride
+        if (pt.in_place(Ci, C1, Wo))
+            Xs = x + n * Ci * So + r0 * Wo, Xst = So;
+        else
+            patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, reinterpret_cast<float*>(buf.data()));
+        patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
+        float* P = part + s * size;
+        v16 vp[kCA * kCBW];
+        for (int64_t a = 0; a < nca; ++a) {
+            int64_t a0;
+            int na;
+            channel_block(Co, kCA, a, a0, na);
+            for (int64_t bb = 0; bb < ncb; ++bb) {
+                int64_t b0;
+                int nb;
+                channel_block(pt.K, kCBW, bb, b0, nb);
+                const float* A = Ds + a0 * pt.nq16;
+                const float* B = Xs + b0 * Xst;
+                switch (na) {
+                    case 1: dot_block_a<1>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    case 2: dot_block_a<2>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    case 3: dot_block_a<3>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    case 4: dot_block_a<4>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    case 5: dot_block_a<5>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    default: dot_block_a<6>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                }
+                for (int j = 0; j < na; ++j)
+                    for (int i = 0; i < nb; ++i) P[(a0 + j) * pt.K + b0 + i] = hsum16(vp[j * kCBW + i]);
+            }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < size; ++i) {
+        float acc = part[i];
+        for (int64_t s = 1; s < pt.nstrip; ++s) acc += part[s * size + i];
+        dw[i] = acc;
+    }
+}
+
 // The buffer of x read by forward and weight gradient, and each tap's offset into it:
 // along an axis, output o and tap k read input o*S - P + k*Dil = (o + sh)*S + ph, i.e.
 // copy index o + sh in phase ph.
@@ -1260,6 +1495,7 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
         return winograd_conv(N, Ci, Co, H, W, x, C1, x2,
                              [&](int64_t co, int64_t ci, int ky, int kx) { return w[((co * Ci + ci) * 3 + ky) * 3 + kx]; },
                              b, relu, [&](int64_t n, int64_t c) { return y + (n * Co + c) * H * W; });
+    if (patch_fits(CUNET_CONV_ARGS)) return patch_forward(CUNET_CONV_ARGS, x, x2, C1, w, b, y, relu);
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int nt = (int)off.size();
@@ -1293,6 +1529,7 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
         return winograd_conv(N, Co, Ci, H, W, dy, Co, nullptr,
                              [&](int64_t ci, int64_t co, int ky, int kx) { return w[((co * Ci + ci) * 3 + 2 - ky) * 3 + 2 - kx]; },
                              b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n, c, H * W); });
+    if (patch_fits(CUNET_CONV_ARGS)) return patch_data(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2);
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
     Copy g;   // dy, one phase, read at copy index i' + e by every (phase, tap)
@@ -1361,6 +1598,7 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
     if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
     if (winograd_fits(CUNET_CONV_ARGS) && N * ((H + 1) / 2) * ((W + 1) / 2) >= kWinogradWgradTiles)
         return winograd_conv_wgrad(N, Ci, Co, H, W, dy, x, C1, x2, dw);
+    if (patch_fits(CUNET_CONV_ARGS)) return patch_weight(CUNET_CONV_ARGS, dy, x, x2, C1, dw);
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int64_t Bs = g.phases() * N * g.L(), Q = N * g.L(), Qr = (Q + 15) / 16 * 16, slack = g.L() + kChunk + 16;

@@ -66,6 +66,12 @@ CONV = [
     ((6, 8), 1, 2, 5, 3, 1, 1, 1),
     ((16, 16), 5, 3, 4, 3, 1, 1, 1),
     ((33, 8), 9, 2, 3, 3, 1, 1, 1),
+    # patch convs (kernel = stride, no padding): 1x1 read in place, 2x2 split by column
+    # parity in vectors and a tail, 3D, several strips per image with a short last one
+    ((8, 16), 2, 5, 3, 1, 1, 0, 1),
+    ((4, 64), 2, 3, 5, 2, 2, 0, 1),
+    ((4, 6, 40), 1, 3, 4, 2, 2, 0, 1),
+    ((32, 64), 2, 200, 3, 2, 2, 0, 1),
 ]
 
 
@@ -100,6 +106,9 @@ CONVT = [
     ((7, 9), 1, 3, 5, 3, 2, 1, 1),
     ((5, 6), 3, 2, 3, 1, 2, 0, 1),
     ((3, 5, 4), 3, 5, 17, 2, 2, 0, 0),
+    # the UNet's up-sampling (2x2 stride 2): column pairs written interleaved, 16+ wide rows
+    ((4, 32), 2, 6, 4, 2, 2, 0, 0),
+    ((2, 2, 20), 1, 5, 3, 2, 2, 0, 0),
 ]
 
 
