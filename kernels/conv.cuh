@@ -909,10 +909,11 @@ inline void group_lanes(int G, const v16* L, v16& ev, v16& od) {
     ev = __builtin_shuffle(a, b, lo), od = __builtin_shuffle(a, b, lo + 8);
 }
 
-// n floats from p into a vector, the rest zero.
-inline v16 load_n(const float* p, int n) {
+// 16 floats from p, or 8 and 8 zeros (constant sizes: one vector load each).
+inline v16 load16_or_8(const float* p, bool eight) {
+    if (!eight) return load16(p);
     v16 v = v16{};
-    std::memcpy(&v, p, 4 * n);
+    std::memcpy(&v, p, 32);
     return v;
 }
 
@@ -1096,7 +1097,7 @@ inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int
             for (int g = 0; g < std::max(G, 2); ++g) {
                 const int64_t k = k0 + (G == 1 ? 0 : g * Tw), i = tl.i[k];
                 L[g] = tl.n[k] >= 0 && 2 * i + r < H
-                           ? load_n(plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k] + (G == 1 ? 16 * g : 0), std::min(2 * Tw, 16))
+                           ? load16_or_8(plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k] + (G == 1 ? 16 * g : 0), G == 4)
                            : v16{};
             }
             group_lanes(G, L, e[r][0], e[r][1]);
