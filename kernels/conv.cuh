@@ -1005,8 +1005,11 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
             *reinterpret_cast<v16*>(row + 16) = __builtin_shuffle(y[r][0], y[r][1], hi);
             for (int g = 0; g < G; ++g) {
                 const int64_t k = k0 + g * Tw, i = tl.i[k];
-                if (tl.n[k] >= 0 && 2 * i + r < H)
-                    std::memcpy(plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k], row + 2 * g * Tw, 8 * Tw);
+                if (tl.n[k] < 0 || 2 * i + r >= H) continue;
+                float* dst = plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k];
+                if (G == 1) std::memcpy(dst, row, 128);   // constant sizes: vector stores, no call
+                else if (G == 2) std::memcpy(dst, row + 16 * g, 64);
+                else std::memcpy(dst, row + 8 * g, 32);
             }
         }
         return;
