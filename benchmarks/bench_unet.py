@@ -78,7 +78,7 @@ def cunet_contender(cfg, device="cpu", precision="fp32"):
     def step():
         opt.zero_grad()
         _, d = loss(model.forward(x), target)
-        model.backward(d)
+        model.backward(d, input_grad=False)   # as cunet.train does; PyTorch's input needs no grad either
         opt.step()
 
     if device == "cuda":   # the same step captured once into a CUDA graph and replayed (cunet.train.TrainStep)

@@ -273,14 +273,19 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
     return np.maximum(y, 0) if relu else y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None):
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True):
     """-> (dx, dw, db): every tap scatters dy back through the window it read.
     dy, x and w enter the products as round_operand(., precision); db sums dy unrounded.
-    With x2 (see conv_forward): -> (dx, dx2, dw, db), the input gradient split as the inputs."""
+    With x2 (see conv_forward): -> (dx, dx2, dw, db), the input gradient split as the inputs.
+    input_grad=False: dx (and dx2) None."""
     if x2 is not None:
         _x2_args(x, x2)
         dx, dw, db = conv_backward(dy, np.concatenate([x, x2], axis=1), w, stride, padding, dilation, precision)
+        if not input_grad:
+            return None, None, dw, db
         return dx[:, :x.shape[1]], dx[:, x.shape[1]:], dw, db
+    if not input_grad:
+        return (None,) + conv_backward(dy, x, w, stride, padding, dilation, precision)[1:]
     stride, padding, dilation, out = _conv_backward_args(dy, x, w, stride, padding, dilation)
     db = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
     dy, x, w = (round_operand(a, precision) for a in (dy, x, w))

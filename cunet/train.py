@@ -234,7 +234,7 @@ class TrainStep:
         self.optimizer.zero_grad()
         self.logits = self.model.forward(self.x)
         value, dlogits = self.loss_fn(self.logits, self.y)
-        self.model.backward(dlogits)
+        self.model.backward(dlogits, input_grad=False)
         if self.clip is not None:
             clip_grad_norm(self.model, self.clip)
         self.optimizer.apply()

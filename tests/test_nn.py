@@ -77,6 +77,23 @@ def test_host_kernels_match_reference_path(cfg):
     np.testing.assert_allclose(a.buffers, b.buffers, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_backward_without_input_grad(cfg, device):
+    """backward(input_grad=False) (what training calls): None for dL/dx, the same parameter
+    gradients bit for bit (the first conv's data gradient is skipped, nothing else)."""
+    x = inputs(cfg, n=2)
+    grads = []
+    for input_grad in (True, False):
+        m = tiny(cfg).to(device)
+        m.reseed(3)
+        y = m.forward(x.astype(m.params.dtype))
+        dx = m.backward(np.cos(y), input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append(m.grads.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
 def test_channels_state_dict_order_and_sizes():
     m = UNet(dims=2, in_channels=1, out_channels=3, base=16, depth=4, norm="batch")
     sd = m.state_dict()

@@ -88,17 +88,22 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
     return y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None):
-    """-> (dx, dw, db); with x2 (see conv_forward) -> (dx, dx2, dw, db)."""
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True):
+    """-> (dx, dw, db); with x2 (see conv_forward) -> (dx, dx2, dw, db). input_grad=False
+    skips the data gradient (dx, dx2 None): a first layer, whose input needs none."""
     xc = x if x2 is None else _x2_args(x, x2)
     stride, padding, dilation, out = _conv_backward_args(dy, xc, w, stride, padding, dilation)
     _precision_arg(precision)
     f32_all(dy=dy, x=x, x2=x2, w=w)
     _check.same_device("dy", dy, "x", x)
     dims = _dims(xc.shape, w.shape, w.shape[0], out, stride, padding, dilation)
-    dx, dw = empty(x, x.shape), empty(x, w.shape)
-    dx2 = None if x2 is None else empty(x2, x2.shape)
-    _data(dims, x.shape[1], dy, w, None, dx, dx2, precision)
+    if not isinstance(input_grad, bool):
+        raise TypeError(f"input_grad: expected True or False, got {input_grad!r}")
+    dw, dx, dx2 = empty(x, w.shape), None, None
+    if input_grad:
+        dx = empty(x, x.shape)
+        dx2 = None if x2 is None else empty(x2, x2.shape)
+        _data(dims, x.shape[1], dy, w, None, dx, dx2, precision)
     _weight(dims, x.shape[1], dy, x, x2, dw, precision)
     db = channel_sum(dy)
     return (dx, dw, db) if x2 is None else (dx, dx2, dw, db)

@@ -88,15 +88,18 @@ class Conv(Layer):
         self.y = y if relu else None   # the ReLU's backward needs its output
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """-> dL/dx ((dx, dx2) with x2); input_grad=False: None, the data gradient skipped."""
         if self.y is not None:
             dy = F(dy).relu_backward(dy, self.y)
         *dxs, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
-                                           precision=self.precision, x2=self.x2)
+                                           precision=self.precision, x2=self.x2, input_grad=input_grad)
         self.g["weight"] += dw
         if self.bias:
             self.g["bias"] += db
         self.x = self.x2 = self.y = None
+        if not input_grad:
+            return None
         return dxs[0] if len(dxs) == 1 else tuple(dxs)
 
 
@@ -282,7 +285,11 @@ class Sequential(Layer):
             x = layer.forward(x, x2=x2, **kw) if i == 0 and x2 is not None else layer.forward(x, **kw)
         return x
 
-    def backward(self, dy):
-        for layer, _ in reversed(self._plan):
-            dy = layer.backward(dy)
+    def backward(self, dy, input_grad=True):
+        """input_grad=False: a first Conv skips its data gradient (the return value is then
+        None; other first layers still compute theirs)."""
+        for i in reversed(range(len(self._plan))):
+            layer = self._plan[i][0]
+            skip = i == 0 and not input_grad and isinstance(layer, Conv)
+            dy = layer.backward(dy, input_grad=False) if skip else layer.backward(dy)
         return dy

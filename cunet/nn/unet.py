@@ -128,8 +128,10 @@ class UNet(Model):
         self._fused = self.fuse   # backward follows forward's plan
         return self.head.forward(h)
 
-    def backward(self, dlogits):
-        """Adds dL/dparams into the gradient buffer; returns dL/dx."""
+    def backward(self, dlogits, input_grad=True):
+        """Adds dL/dparams into the gradient buffer; returns dL/dx. input_grad=False skips
+        the gradient of the input image (training needs none; the first conv's data
+        gradient is then not computed) and returns None."""
         dh = self.head.backward(dlogits)
         dskips = []   # filled shallowest level first: dskips[i] is the gradient of enc[i]'s output
         for up, cat, dec in reversed(list(zip(self.up, self.cat, self.dec))):
@@ -137,9 +139,10 @@ class UNet(Model):
             dskips.append(dskip)
             dh = up.backward(dup)
         dh = self.bottom.backward(dh)
-        for enc, down, dskip in reversed(list(zip(self.enc, self.down, dskips))):
-            dh = enc.backward(down.backward(dh) + dskip)   # the skip's gradient joins the pooled path
-        return dh
+        for i in reversed(range(len(self.enc))):   # the skip's gradient joins the pooled path
+            dh = self.down[i].backward(dh) + dskips[i]
+            dh = self.enc[i].backward(dh, input_grad=input_grad) if i == 0 else self.enc[i].backward(dh)
+        return dh if input_grad else None
 
     @property
     def fuse(self):
