@@ -480,13 +480,12 @@ inline int64_t host_threads() { return omp_get_max_threads(); }
 inline int64_t host_threads() { return 1; }
 #endif
 
-typedef float v16 __attribute__((vector_size(64)));                           // one zmm register
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));   // unaligned access
+using simd::v16;
+using simd::v16i;
+using simd::load16;
+using simd::splat;
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
-
-inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 inline float hsum16(v16 v) {
     v8 lo, hi;
     std::memcpy(&lo, &v, 32);
@@ -801,7 +800,6 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
 // is 16 or 8 it is 2 or 4 whole tile rows (contiguous loads and stores, winograd_groups);
 // otherwise its lanes are gathered and scattered.
 // Accuracy: exact transforms up to rounding (B, A have entries 0, +-1; G's 1/2 is exact).
-typedef int v16i __attribute__((vector_size(64)));
 constexpr int64_t kWinogradWgradTiles = 64;   // fewer tiles: the direct weight gradient
 // G, the filter transform (U = G g G^T)
 constexpr float kWinogradG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};

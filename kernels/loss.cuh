@@ -243,6 +243,126 @@ extern "C" __global__ void regression_loss_finalize(int64_t n, int64_t blocks, c
     if (threadIdx.x == 0) loss[0] = (float)(s / (cunet::acc_t)n);
 }
 
+// ---- host variants (CPU build; the launchers run them unless host_variants() is off or
+// blocks are emulated): the same partials and gradients, 16 positions per vector along S
+// (runs of one image), exp and log as vector polynomials (simd::exp16, log16: ~1e-7
+// relative), per-block sums in float vectors reduced to double at the block's end.
+#if defined(CUNET_HOST)
+namespace cunet::loss_host {
+using simd::v16;
+
+// Runs of block b's chunk of the N*S positions (block_range's split) within one image:
+// f(n, s, m) for positions s .. s+m-1 of image n, m <= 16.
+template <class F>
+inline void for_vectors(int64_t N, int64_t S, int64_t blocks, int64_t b, F&& f) {
+    const int64_t chunk = (N * S + blocks - 1) / blocks, begin = b * chunk, end = std::min(N * S, begin + chunk);
+    for (int64_t v = begin; v < end;) {
+        const int64_t n = v / S, s = v % S, m = std::min<int64_t>({16, end - v, S - s});
+        f(n, s, m);
+        v += m;
+    }
+}
+
+typedef int64_t v16l __attribute__((vector_size(128)));
+
+// Labels of 16 positions (m valid) as floats (-1 past m), and the class weight of each
+// (1 without weights, 0 past m): both by vector selects over the K classes.
+inline v16 labels16(const int64_t* y, int64_t m, int64_t K, const float* class_weights, v16& w) {
+    v16l l;
+    if (m >= 16) {
+        std::memcpy(&l, y, 128);
+    } else {
+        for (int i = 0; i < 16; ++i) l[i] = i < m ? y[i] : -1;
+    }
+    const v16 yf = __builtin_convertvector(l, v16);
+    if (!class_weights) {
+        w = yf >= 0.0f ? simd::splat(1.0f) : v16{};
+    } else {
+        w = v16{};
+        for (int64_t c = 0; c < K; ++c) w = yf == (float)c ? simd::splat(class_weights[c]) : w;
+    }
+    return yf;
+}
+
+inline float hsum(v16 v) {
+    float s = 0.0f;
+    for (int i = 0; i < 16; ++i) s += v[i];
+    return s;
+}
+
+// Softmax of 16 positions: z[c] (K vectors) in, p[c] out; returns the max (m) and sum.
+inline void softmax16(int64_t K, const v16* z, v16* p, v16& m, v16& sum) {
+    m = z[0];
+    for (int64_t c = 1; c < K; ++c) m = simd::vmax(m, z[c]);
+    sum = v16{};
+    for (int64_t c = 0; c < K; ++c) p[c] = simd::exp16(z[c] - m), sum += p[c];
+    const v16 inv = simd::splat(1.0f) / sum;
+    for (int64_t c = 0; c < K; ++c) p[c] *= inv;
+}
+
+inline void softmax_partials(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
+                             const float* class_weights, float smooth, int64_t blocks, float* partials) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+        std::vector<v16> buf(6 * K);   // z, p, then the 4 sums per class
+        v16 *z = buf.data(), *p = z + K, *acc = p + K, wnll = v16{}, wsum = v16{};
+        for (int64_t c = 0; c < 4 * K; ++c) acc[c] = v16{};
+        for_vectors(N, S, blocks, b, [&](int64_t n, int64_t s, int64_t m) {
+            const float* zb = logits + n * K * S + s;
+            for (int64_t c = 0; c < K; ++c) z[c] = simd::load_part(zb + c * S, m);
+            v16 mx, sum, zy = v16{}, w;
+            softmax16(K, z, p, mx, sum);
+            const v16 yf = labels16(labels + n * S + s, m, K, class_weights, w);
+            const v16 live = yf >= 0.0f ? simd::splat(1.0f) : v16{};
+            for (int64_t c = 0; c < K; ++c) {
+                const v16 g = yf == (float)c ? simd::splat(1.0f) : v16{};
+                const v16 pc = p[c] * live, d = pc + g + smooth;
+                acc[c] += pc * g, acc[K + c] += pc, acc[2 * K + c] += g;
+                acc[3 * K + c] += d > 0.0f ? 2.0f * pc * g / d : v16{};
+                zy += g * z[c];
+            }
+            wnll += w * (simd::log16(sum) - (zy - mx)), wsum += w;
+        });
+        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = (float)hsum(acc[r]);
+        partials[4 * K * blocks + b] = hsum(wnll);
+        partials[(4 * K + 1) * blocks + b] = hsum(wsum);
+    }
+}
+
+inline void softmax_backward(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
+                             const float* class_weights, const float* coef, float smooth, int64_t voxel,
+                             float* dlogits) {
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(1024, (N * S + 2047) / 2048));
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+        std::vector<v16> buf(3 * K);
+        v16 *z = buf.data(), *p = z + K, *dp = p + K;
+        for_vectors(N, S, blocks, b, [&](int64_t n, int64_t s, int64_t m) {
+            const float* zb = logits + n * K * S + s;
+            for (int64_t c = 0; c < K; ++c) z[c] = simd::load_part(zb + c * S, m);
+            v16 mx, sum, w, dot = v16{};
+            softmax16(K, z, p, mx, sum);
+            const v16 yf = labels16(labels + n * S + s, m, K, class_weights, w), ce = coef[2 * K] * w;
+            for (int64_t c = 0; c < K; ++c) {
+                const v16 g = yf == (float)c ? simd::splat(1.0f) : v16{};
+                if (voxel) {
+                    const v16 d = p[c] + g + smooth;
+                    dp[c] = coef[c] * g * (g + smooth) / (d * d);
+                } else {
+                    dp[c] = coef[c] * g + coef[K + c];
+                }
+                dot += p[c] * dp[c];
+                z[c] = g;   // z is done with: keep g
+            }
+            for (int64_t c = 0; c < K; ++c)
+                simd::store_part(dlogits + n * K * S + s + c * S, p[c] * (dp[c] - dot) + ce * (p[c] - z[c]), m);
+        });
+    }
+}
+
+}  // namespace cunet::loss_host
+#endif
+
 // ---- launchers
 #if !defined(__CUDACC_RTC__)
 namespace cunet {
@@ -250,6 +370,10 @@ namespace cunet {
 inline void softmax_loss_partials(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
                                   const float* class_weights, float smooth, int64_t blocks, float* partials,
                                   Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants() && !emulate_blocks())
+        return loss_host::softmax_partials(N, K, S, logits, labels, class_weights, smooth, blocks, partials);
+#endif
     CUNET_LAUNCH(::softmax_loss_partials, dim3(blocks), dim3(coop_block()), s, N, K, S, logits, labels,
                  class_weights, smooth, blocks, partials);
 }
@@ -267,6 +391,10 @@ inline void dice_loss_finalize(int64_t K, int64_t V, int64_t blocks, const float
 inline void softmax_loss_backward(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
                                   const float* class_weights, const float* coef, float smooth, int64_t voxel,
                                   float* dlogits, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants() && !emulate_blocks())
+        return loss_host::softmax_backward(N, K, S, logits, labels, class_weights, coef, smooth, voxel, dlogits);
+#endif
     CUNET_LAUNCH_LOOP(::softmax_loss_backward, N * S, s, N, K, S, logits, labels, class_weights, coef, smooth, voxel,
                       dlogits);
 }

@@ -512,3 +512,85 @@ inline unsigned loop_block() {
 #define CUNET_LAUNCH_LOOP(kernel, n, stream, ...) \
     CUNET_LAUNCH(kernel, dim3(::cunet::loop_grid(n)), dim3(::cunet::loop_block()), stream, __VA_ARGS__)
 #endif
+
+// ---------------------------------------------------------------- host vectors
+// The CPU variants' 16-float vectors (GCC vector extensions: one zmm register with AVX-512,
+// two ymm or four xmm elsewhere) and the float functions they need. Host build only.
+#if defined(CUNET_HOST)
+namespace cunet::simd {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));   // unaligned access
+typedef int v16i __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+// the first m lanes of p (m < 16: the rest zero), and their store
+inline v16 load_part(const float* p, int64_t m) {
+    if (m >= 16) return load16(p);
+    v16 v = v16{};
+    std::memcpy(&v, p, 4 * m);
+    return v;
+}
+inline void store_part(float* p, v16 v, int64_t m) {
+    if (m >= 16) return store16(p, v);
+    std::memcpy(p, &v, 4 * m);
+}
+
+// e^x, relative error ~1e-7 (Cephes expf: x = k ln2 + r, |r| <= ln2/2, degree-6 polynomial);
+// 0 below -87.3 (where float e^x is denormal), +inf above 88.7, NaN stays NaN.
+inline v16 exp16(v16 x) {
+    const v16 hi = splat(88.72283f), lo = splat(-87.33654f);
+    const v16 xc = x > hi ? hi : x < lo ? lo : x;
+    const v16 fk = xc * splat(1.44269504088896341f) + splat(0.5f);
+    v16i k = __builtin_convertvector(fk, v16i);
+    k += __builtin_convertvector(k, v16) > fk;   // floor: the conversion truncates; true is -1
+    const v16 kf = __builtin_convertvector(k, v16);
+    const v16 r = xc - kf * splat(0.693359375f) + kf * splat(2.12194440e-4f);
+    v16 p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * r * r + r + splat(1.0f);
+    v16 s1, s2;   // 2^k as 2^(k/2) 2^(k - k/2): both normal for k in [-126, 128]
+    const v16i h = k >> 1, b1 = (h + 127) << 23, b2 = (k - h + 127) << 23;
+    std::memcpy(&s1, &b1, 64);
+    std::memcpy(&s2, &b2, 64);
+    v16 out = p * s1 * s2;
+    out = x < lo ? v16{} : out;
+    out = x > hi ? splat(__builtin_inff()) : out;
+    return x != x ? x : out;
+}
+
+// log x for x > 0 normal (Cephes logf: x = m 2^e, m in [sqrt(1/2), sqrt(2)), degree-8 polynomial).
+inline v16 log16(v16 x) {
+    v16i bits;
+    std::memcpy(&bits, &x, 64);
+    v16i e = ((bits >> 23) & 0xff) - 126;
+    const v16i mb = (bits & 0x007fffff) | 0x3f000000;   // mantissa in [0.5, 1)
+    v16 m;
+    std::memcpy(&m, &mb, 64);
+    const v16i small = m < splat(0.707106781186547524f);
+    e += small;   // -1 where small
+    m = (small ? m + m : m) - splat(1.0f);
+    const v16 z = m * m;
+    v16 y = splat(7.0376836292e-2f);
+    y = y * m + splat(-1.1514610310e-1f);
+    y = y * m + splat(1.1676998740e-1f);
+    y = y * m + splat(-1.2420140846e-1f);
+    y = y * m + splat(1.4249322787e-1f);
+    y = y * m + splat(-1.6668057665e-1f);
+    y = y * m + splat(2.0000714765e-1f);
+    y = y * m + splat(-2.4999993993e-1f);
+    y = y * m + splat(3.3333331174e-1f);
+    const v16 ef = __builtin_convertvector(e, v16);
+    y = y * m * z + ef * splat(-2.12194440e-4f) - splat(0.5f) * z;
+    return m + y + ef * splat(0.693359375f);
+}
+
+}  // namespace cunet::simd
+#endif

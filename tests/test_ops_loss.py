@@ -179,3 +179,18 @@ def test_bad_input():
         O.l1_loss(z, t.astype(F64))
     with pytest.raises(ValueError, match="logits: expected a C-contiguous array"):
         O.bce_with_logits(np.asfortranarray(z), t)
+
+
+@pytest.mark.parametrize("kind", ["ce", "dice_ce_class", "dice_ce_voxel"])
+def test_softmax_losses_host_variant_and_portable(kind, variant):
+    """The CPU variant (vector exp/log, 16 positions at a time) and the portable kernels on a
+    batch long enough for several pass-1 blocks, with runs that cross images and tails."""
+    z, y = make((2, 33, 70), 4)   # 4620 positions: 3 blocks of 2048
+    w = np.random.default_rng(3).uniform(0.2, 3.0, 4).astype(np.float32)
+    if kind == "ce":
+        got, want = O.cross_entropy(z, y, w), R.cross_entropy(z.astype(F64), y, w)
+    else:
+        v = kind.split("_")[-1]
+        got = O.dice_ce_loss(z, y, w, False, 1e-5, v, 0.7, 1.3)
+        want = R.dice_ce_loss(z.astype(F64), y, w, False, 1e-5, v, 0.7, 1.3)
+    check(got, want, "cpu")

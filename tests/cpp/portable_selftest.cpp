@@ -71,6 +71,15 @@ int main() {
             if (q != v / d || rem != v % d) { std::printf("fastdiv %lld / %lld: %d rem %d\n", (long long)v, (long long)d, q, rem); return 1; }
         }
     }
+    // host vector exp / log against libm: ~1e-7 relative, and the edges
+    for (int i = 0; i < 4000; ++i) {
+        const float a = -87.0f + 175.5f * (float)i / 3999.0f, b = std::ldexp(1.0f + (float)(i % 97) / 97.0f, i / 40 - 50);
+        const float e = cunet::simd::exp16(cunet::simd::splat(a))[i % 16], l = cunet::simd::log16(cunet::simd::splat(b))[i % 16];
+        if (std::fabs(e - std::exp((double)a)) > 3e-7 * std::exp((double)a)) { std::printf("exp16(%g) = %g\n", a, e); return 1; }
+        if (std::fabs(l - std::log((double)b)) > 3e-7 * std::fabs(std::log((double)b)) + 1e-7) { std::printf("log16(%g) = %g\n", b, l); return 1; }
+    }
+    const cunet::simd::v16 edge = cunet::simd::exp16(cunet::simd::v16{-100.0f, 100.0f, NAN, 0.0f});
+    if (edge[0] != 0.0f || !std::isinf(edge[1]) || !std::isnan(edge[2]) || edge[3] != 1.0f) { std::printf("exp16 edges\n"); return 1; }
     CUNET_LAUNCH_LOOP(scale, n, nullptr, n, x.data());
     if (x[1] != 2.0f * (float)((7919) % 1000) / 1000.0f) { std::printf("loop\n"); return 1; }
     std::printf("ok\n");
