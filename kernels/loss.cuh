@@ -360,6 +360,57 @@ inline void softmax_backward(int64_t N, int64_t K, int64_t S, const float* logit
     }
 }
 
+// Sigmoid of 16 elements: p, and e = exp(-|z|).
+inline v16 sigmoid16(v16 z, v16& e) {
+    e = simd::exp16(z < 0.0f ? z : -z);
+    const v16 inv = simd::splat(1.0f) / (1.0f + e);
+    return z >= 0.0f ? inv : e * inv;
+}
+
+inline void sigmoid_partials(int64_t N, int64_t K, int64_t S, const float* logits, const float* target, float smooth,
+                             int64_t blocks, float* partials) {
+    const v16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+        std::vector<v16> acc(4 * K);
+        v16 bce = v16{};
+        int64_t count = 0;
+        for_vectors(N, S, blocks, b, [&](int64_t n, int64_t s, int64_t m) {
+            const v16 live = lane < (float)m ? simd::splat(1.0f) : v16{};
+            count += m * K;
+            for (int64_t c = 0; c < K; ++c) {
+                const int64_t at = (n * K + c) * S + s;
+                const v16 z = simd::load_part(logits + at, m), g = simd::load_part(target + at, m);
+                v16 e;
+                const v16 p = sigmoid16(z, e) * live, d = p + g + smooth;
+                acc[c] += p * g, acc[K + c] += p, acc[2 * K + c] += g;
+                acc[3 * K + c] += d > 0.0f ? 2.0f * p * g / d : v16{};
+                bce += live * (simd::vmax(z, v16{}) - z * g + simd::log16(1.0f + e));
+            }
+        });
+        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = hsum(acc[r]);
+        partials[4 * K * blocks + b] = hsum(bce);
+        partials[(4 * K + 1) * blocks + b] = (float)count;
+    }
+}
+
+inline void sigmoid_backward(int64_t N, int64_t K, int64_t S, const float* logits, const float* target,
+                             const float* coef, float smooth, int64_t voxel, float* dlogits) {
+#pragma omp parallel for schedule(static) if (N * K * S > 32768)
+    for (int64_t row = 0; row < N * K; ++row) {
+        const int64_t c = row % K;
+        const float a = coef[c], bb = coef[K + c], ce = coef[2 * K];
+        for (int64_t s = 0; s < S; s += 16) {
+            const int64_t m = std::min<int64_t>(16, S - s), at = row * S + s;
+            const v16 z = simd::load_part(logits + at, m), g = simd::load_part(target + at, m);
+            v16 e;
+            const v16 p = sigmoid16(z, e), d = p + g + smooth, q = 1.0f + e;
+            const v16 dp = voxel ? a * g * (g + smooth) / (d * d) : a * g + bb;
+            simd::store_part(dlogits + at, dp * (e / (q * q)) + ce * (p - g), m);
+        }
+    }
+}
+
 }  // namespace cunet::loss_host
 #endif
 
@@ -379,6 +430,10 @@ inline void softmax_loss_partials(int64_t N, int64_t K, int64_t S, const float* 
 }
 inline void sigmoid_loss_partials(int64_t N, int64_t K, int64_t S, const float* logits, const float* target,
                                   float smooth, int64_t blocks, float* partials, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants() && !emulate_blocks())
+        return loss_host::sigmoid_partials(N, K, S, logits, target, smooth, blocks, partials);
+#endif
     CUNET_LAUNCH(::sigmoid_loss_partials, dim3(blocks), dim3(coop_block()), s, N, K, S, logits, target, smooth,
                  blocks, partials);
 }
@@ -400,6 +455,10 @@ inline void softmax_loss_backward(int64_t N, int64_t K, int64_t S, const float* 
 }
 inline void sigmoid_loss_backward(int64_t N, int64_t K, int64_t S, const float* logits, const float* target,
                                   const float* coef, float smooth, int64_t voxel, float* dlogits, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants() && !emulate_blocks())
+        return loss_host::sigmoid_backward(N, K, S, logits, target, coef, smooth, voxel, dlogits);
+#endif
     CUNET_LAUNCH_LOOP(::sigmoid_loss_backward, N * K * S, s, N, K, S, logits, target, coef, smooth, voxel, dlogits);
 }
 inline void regression_loss_partials(int64_t n, const float* output, const float* target, int64_t l1,

@@ -194,3 +194,13 @@ def test_softmax_losses_host_variant_and_portable(kind, variant):
         got = O.dice_ce_loss(z, y, w, False, 1e-5, v, 0.7, 1.3)
         want = R.dice_ce_loss(z.astype(F64), y, w, False, 1e-5, v, 0.7, 1.3)
     check(got, want, "cpu")
+
+
+@pytest.mark.parametrize("variant_", ["class", "voxel"])
+def test_sigmoid_losses_host_variant_and_portable(variant_, variant):
+    """As above for the sigmoid losses (2 channels, soft targets, several blocks)."""
+    z, _ = make((2, 33, 70), 2)
+    t = soft_target(z)
+    got = O.dice_bce_loss(z, t, 0.5, variant_, 0.6, 1.4)
+    check(got, R.dice_bce_loss(z.astype(F64), t.astype(F64), 0.5, variant_, 0.6, 1.4), "cpu")
+    check(O.bce_with_logits(z, t), R.bce_with_logits(z.astype(F64), t.astype(F64)), "cpu")
