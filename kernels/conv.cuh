@@ -1422,6 +1422,7 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
         else
             patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, reinterpret_cast<float*>(buf.data()));
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
+        const int64_t nq16 = (nq + 15) / 16 * 16;   // this strip's (the last may be shorter)
         float* P = part + s * size;
         v16 vp[kCA * kCBW];
         for (int64_t a = 0; a < nca; ++a) {
@@ -1435,12 +1436,12 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
                 const float* A = Ds + a0 * pt.nq16;
                 const float* B = Xs + b0 * Xst;
                 switch (na) {
-                    case 1: dot_block_a<1>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
-                    case 2: dot_block_a<2>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
-                    case 3: dot_block_a<3>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
-                    case 4: dot_block_a<4>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
-                    case 5: dot_block_a<5>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
-                    default: dot_block_a<6>(nb, A, pt.nq16, B, Xst, 0, pt.nq16, true, vp); break;
+                    case 1: dot_block_a<1>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
+                    case 2: dot_block_a<2>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
+                    case 3: dot_block_a<3>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
+                    case 4: dot_block_a<4>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
+                    case 5: dot_block_a<5>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
+                    default: dot_block_a<6>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
                 }
                 for (int j = 0; j < na; ++j)
                     for (int i = 0; i < nb; ++i) P[(a0 + j) * pt.K + b0 + i] = hsum16(vp[j * kCBW + i]);

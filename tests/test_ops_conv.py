@@ -170,3 +170,26 @@ def test_conv_ops_errors_match_reference():
                                     np.zeros((2, 5, 2, 2), np.float32), stride=2)
     with pytest.raises(ValueError, match="C-contiguous"):
         ops.conv_forward(np.zeros((1, 2, 5, 10), np.float32)[..., ::2], w)
+
+
+@pytest.mark.parametrize("case", [((100, 16), 1, 300, 2, 1), ((20, 32), 2, 40, 3, 2), ((16, 16), 1, 5, 3, 3)], ids=str)
+def test_conv_reads_nothing_past_its_arrays(case):
+    """x, w and dy as views of buffers whose next elements are NaN: a kernel reading past an
+    array's end (a strip's last vector, a 1x1 conv read in place) would turn results NaN."""
+    sz, n, ci, co, k = case
+    x, w, b = conv_case(rng, sz, n, ci, co, k)
+    s, p = (k, 0) if k < 3 else (1, 1)
+    y = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, p, 1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+
+    def fenced(a):
+        buf = np.full(a.size + 64, np.nan, np.float32)
+        buf[:a.size] = a.ravel()
+        return buf[:a.size].reshape(a.shape)
+
+    X, W, DY = fenced(x), fenced(w), fenced(dy)
+    close(ops.conv_forward(X, W, b, s, p, 1), y, ci * k * k)
+    want = R.conv_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), s, p, 1)
+    got = ops.conv_backward(DY, X, W, s, p, 1)
+    for g, wv, kk in zip(got, want, (co * k * k, dy[:, 0].size, dy[:, 0].size)):
+        close(g, wv, kk)
