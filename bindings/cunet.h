@@ -76,8 +76,11 @@ CUNET_API void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const floa
 CUNET_API void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const float* x2, const float* w,
                                 const float* b, float* y, int precision = 0, bool relu = false,
                                 void* stream = nullptr);
+// mask: null, or (C1 = Ci) the conv's input x when x is a ReLU's output: dx comes out as the
+// gradient of that ReLU's input (0 where x <= 0), the separate relu_backward pass saved.
 CUNET_API void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
-                                      float* dx, float* dx2, int precision = 0, void* stream = nullptr);
+                                      float* dx, float* dx2, const float* mask = nullptr, int precision = 0,
+                                      void* stream = nullptr);
 CUNET_API void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x,
                                         const float* x2, float* dw, int precision = 0, void* stream = nullptr);
 CUNET_API int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K);   // K per split-K slice (CuPy path)

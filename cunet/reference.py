@@ -273,11 +273,18 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
     return np.maximum(y, 0) if relu else y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True):
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True,
+                  relu_input=False):
     """-> (dx, dw, db): every tap scatters dy back through the window it read.
     dy, x and w enter the products as round_operand(., precision); db sums dy unrounded.
     With x2 (see conv_forward): -> (dx, dx2, dw, db), the input gradient split as the inputs.
-    input_grad=False: dx (and dx2) None."""
+    input_grad=False: dx (and dx2) None. relu_input=True (x a ReLU's output, no x2):
+    dx · [x > 0], the gradient of the ReLU's input."""
+    if relu_input:
+        if x2 is not None:
+            raise ValueError("relu_input: only for a single input (x2 must be None)")
+        dx, dw, db = conv_backward(dy, x, w, stride, padding, dilation, precision, input_grad=input_grad)
+        return (None if dx is None else np.where(x > 0, dx, 0.0)), dw, db
     if x2 is not None:
         _x2_args(x, x2)
         dx, dw, db = conv_backward(dy, np.concatenate([x, x2], axis=1), w, stride, padding, dilation, precision)

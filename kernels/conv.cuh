@@ -448,6 +448,12 @@ extern "C" __global__ void conv_sum_slices(int64_t n, int64_t slices, const floa
     }
 }
 
+// dx[i] = mask[i] > 0 ? dx[i] : 0: the data gradient through the ReLU whose output (mask)
+// was the conv's input (conv_backward_data_cat's mask, where no variant applies it in its store).
+extern "C" __global__ void conv_relu_mask(int64_t n, const float* __restrict__ mask, float* __restrict__ dx) {
+    CUNET_LOOP(i, n) dx[i] = mask[i] > 0.0f ? dx[i] : 0.0f;
+}
+
 // ---- host variants
 // The CPU build's conv (NVRTC and nvcc never see this section). One idea serves all
 // three passes: copy the array that is read (x, or dy for the data gradient) once into
@@ -978,9 +984,10 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
 
 // A^T m A of 16 tiles (m[xi] at M + xi*Ms) plus bias, ReLU, into rows 2i, 2i+1, columns
 // 2j, 2j+1 of plane(n) (H x W), the positions inside the image.
-template <class Plane>
+// mask (null or a plane like plane's): outputs where mask <= 0 are 0 (the ReLU before the conv).
+template <class Plane, class Mask>
 inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, int G, const Tiles& tl, int64_t k0,
-                            float bias, bool relu, Plane&& plane) {
+                            float bias, bool relu, Plane&& plane, Mask&& mask) {
     v16 s[2][4];
     for (int k = 0; k < 4; ++k) {
         const v16 m0 = load16(M + k * Ms), m1 = load16(M + (4 + k) * Ms), m2 = load16(M + (8 + k) * Ms),
@@ -1004,10 +1011,18 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
             for (int g = 0; g < G; ++g) {
                 const int64_t k = k0 + g * Tw, i = tl.i[k];
                 if (tl.n[k] < 0 || 2 * i + r >= H) continue;
-                float* dst = plane(tl.n[k]) + (2 * i + r) * W + 2 * tl.j[k];
-                if (G == 1) std::memcpy(dst, row, 128);   // constant sizes: vector stores, no call
-                else if (G == 2) std::memcpy(dst, row + 16 * g, 64);
-                else std::memcpy(dst, row + 8 * g, 32);
+                const int64_t at = (2 * i + r) * W + 2 * tl.j[k];
+                float* dst = plane(tl.n[k]) + at;
+                if (const float* mk = mask(tl.n[k])) {
+                    const int len = G == 1 ? 32 : 32 / G;
+                    for (int e = 0; e < len; ++e) dst[e] = mk[at + e] > 0.0f ? row[len * g + e] : 0.0f;
+                } else if (G == 1) {
+                    std::memcpy(dst, row, 128);   // constant sizes: vector stores, no call
+                } else if (G == 2) {
+                    std::memcpy(dst, row + 16 * g, 64);
+                } else {
+                    std::memcpy(dst, row + 8 * g, 32);
+                }
             }
         }
         return;
@@ -1016,17 +1031,21 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
         const int64_t k = k0 + lane, j = tl.j[k], i = tl.i[k];
         if (tl.n[k] < 0) break;
         float* dst = plane(tl.n[k]);
+        const float* mk = mask(tl.n[k]);
         for (int r = 0; r < 2 && 2 * i + r < H; ++r)
-            for (int c = 0; c < 2 && 2 * j + c < W; ++c) dst[(2 * i + r) * W + 2 * j + c] = y[r][c][lane];
+            for (int c = 0; c < 2 && 2 * j + c < W; ++c) {
+                const int64_t at = (2 * i + r) * W + 2 * j + c;
+                dst[at] = mk && !(mk[at] > 0.0f) ? 0.0f : y[r][c][lane];
+            }
     }
 }
 
 // out(n, c) = bias[c] + sum over ci, 3x3 taps of weight(c, ci, ky, kx) * x[n][ci][y+ky-1][x+kx-1]
 // (zero outside), ReLU if relu. x: channels [0, C1) of (N, Ci, H, W), x2 the rest;
 // plane(n, c): the (H, W) plane of output channel c of image n.
-template <class Weight, class Plane>
+template <class Weight, class Plane, class Mask>
 inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* x, int64_t C1,
-                          const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane) {
+                          const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane, Mask&& mask) {
     const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
     const int G = winograd_groups(W);
     Copy g;   // unless G = 1: the zero-padded copy, the tiles' reads in bounds
@@ -1079,7 +1098,8 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t 
                     for (int v = 0; v < tv; ++v)
                         winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, G, tl, 16 * (vg + v),
                                         bias ? bias[c0 + j] : 0.0f, relu,
-                                        [&](int64_t n) { return plane(n, c0 + j); });
+                                        [&](int64_t n) { return plane(n, c0 + j); },
+                                        [&](int64_t n) { return mask(n, c0 + j); });
             }
         }
     }
@@ -1356,7 +1376,7 @@ inline void patch_forward(CUNET_CONV_DIMS, const float* x, const float* x2, int6
 // The data gradient: rows k = ci*T + t of A = w^T, in blocks of exactly kCB rows (T even or
 // 1: the x-pairs (ax = 0, 1) of a row never straddle blocks), each written interleaved.
 inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx, int64_t C1,
-                       float* dx2) {
+                       float* dx2, const float* mask) {
     const Patch pt(CUNET_CONV_ARGS, Co);
     const int64_t So = Do * Ho * Wo, nblk = (pt.K + kCB - 1) / kCB;
     float* wp = scratch(1, nblk * Co * kCB);
@@ -1396,6 +1416,8 @@ inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const f
                             for (int64_t e = 0; e < len; ++e) dst[e] = src[e] + bias;
                         else
                             for (int64_t e = 0; e < len; ++e) dst[2 * e] = src[e] + bias, dst[2 * e + 1] = src[64 + e] + bias;
+                        if (mask)   // C1 = Ci: dst lies in dx
+                            for (int64_t e = 0; e < len * KW; ++e) dst[e] = mask[dst - dx + e] > 0.0f ? dst[e] : 0.0f;
                         u += len;
                     }
                 }
@@ -1497,7 +1519,8 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
     if (winograd_fits(CUNET_CONV_ARGS))
         return winograd_conv(N, Ci, Co, H, W, x, C1, x2,
                              [&](int64_t co, int64_t ci, int ky, int kx) { return w[((co * Ci + ci) * 3 + ky) * 3 + kx]; },
-                             b, relu, [&](int64_t n, int64_t c) { return y + (n * Co + c) * H * W; });
+                             b, relu, [&](int64_t n, int64_t c) { return y + (n * Co + c) * H * W; },
+                             [](int64_t, int64_t) { return (const float*)nullptr; });
     if (patch_fits(CUNET_CONV_ARGS)) return patch_forward(CUNET_CONV_ARGS, x, x2, C1, w, b, y, relu);
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
@@ -1525,14 +1548,16 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
 
 // dx[i] gathers dy[(i + P - k*Dil)/S] where the division is exact. Output phase r of an axis
 // (i = i'*S + r) is reached by the taps with r + P - k*Dil = e*S, at dy index i' + e.
+// mask (null, or x with C1 = Ci): dx is 0 where mask <= 0 (the ReLU whose output x was).
 inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
-                                    float* dx, int64_t C1, float* dx2) {
+                                    float* dx, int64_t C1, float* dx2, const float* mask = nullptr) {
     if (N * Ci * D * H * W == 0) return;
     if (winograd_fits(CUNET_CONV_ARGS))   // the 3x3 conv of dy with the flipped, transposed filter
         return winograd_conv(N, Co, Ci, H, W, dy, Co, nullptr,
                              [&](int64_t ci, int64_t co, int ky, int kx) { return w[((co * Ci + ci) * 3 + 2 - ky) * 3 + 2 - kx]; },
-                             b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n, c, H * W); });
-    if (patch_fits(CUNET_CONV_ARGS)) return patch_data(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2);
+                             b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n, c, H * W); },
+                             [&](int64_t n, int64_t c) { return mask ? mask + (n * Ci + c) * H * W : nullptr; });
+    if (patch_fits(CUNET_CONV_ARGS)) return patch_data(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2, mask);
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
     Copy g;   // dy, one phase, read at copy index i' + e by every (phase, tap)
@@ -1587,7 +1612,9 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
                                          ((z * SD + rz) * H + yy * SH + ry) * W + xx * SW + rx;
                             const float* src = tile + j * T + i;
                             const float bias = b ? b[c0 + j] : 0.0f;
-                            for (int64_t u = 0; u < m; ++u) dst[u * SW] = src[u] + bias;
+                            const float* mk = mask ? mask + (dst - dx) : nullptr;   // C1 = Ci: dst lies in dx
+                            for (int64_t u = 0; u < m; ++u)
+                                dst[u * SW] = mk && !(mk[u * SW] > 0.0f) ? 0.0f : src[u] + bias;
                         }
                     });
                 });
@@ -1695,22 +1722,30 @@ inline void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const 
     const unsigned grid = conv_tiles(N * Do * Ho * Wo, Co, Ci * KD * KH * KW);
     CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, C1, x, x2, w, b, y, (int64_t)relu);
 }
+// mask: null, or the conv's input x when x is a ReLU's output: dx is then the gradient of the
+// ReLU's input, 0 where x <= 0 (applied in the CPU variants' store, else by conv_relu_mask);
+// only without dx2 (C1 = Ci).
 inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
-                                   float* dx, float* dx2, int precision = 0, Stream s = 0) {
+                                   float* dx, float* dx2, const float* mask = nullptr, int precision = 0,
+                                   Stream s = 0) {
     conv_check_precision(precision);
     if (N * Ci * D * H * W == 0) return;
+    if (mask && C1 < Ci) throw std::invalid_argument("cunet conv_backward_data: a ReLU mask needs a single input (C1 = Ci)");
 #if defined(CUNET_HOST)
+    if (!emulate_blocks() && host_variants())
+        return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2, mask);
     if (!emulate_blocks()) {
-        if (host_variants()) return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2);
         std::vector<float> cat(C1 < Ci ? N * Ci * D * H * W : 0);
         float* out = C1 < Ci ? cat.data() : dx;
         CUNET_LAUNCH_LOOP(::conv_backward_data, N * Ci * D * H * W, s, CUNET_CONV_ARGS, dy, w, b, out);
         if (C1 < Ci) host_split(N, C1, Ci - C1, D * H * W, out, dx, dx2);
+        if (mask) CUNET_LAUNCH_LOOP(::conv_relu_mask, N * Ci * D * H * W, s, N * Ci * D * H * W, mask, dx);
         return;
     }
 #endif
     const unsigned grid = conv_tiles(N * D * H * W, Ci, Co * KD * KH * KW);
     CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2);
+    if (mask) CUNET_LAUNCH_LOOP(::conv_relu_mask, N * Ci * D * H * W, s, N * Ci * D * H * W, mask, dx);
 }
 inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
                                      float* dw, int precision = 0, Stream s = 0) {
@@ -1749,7 +1784,7 @@ inline void conv_forward(CUNET_CONV_DIMS, const float* x, const float* w, const 
 }
 inline void conv_backward_data(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b, float* dx,
                                int precision = 0, Stream s = 0) {
-    conv_backward_data_cat(CUNET_CONV_ARGS, Ci, dy, w, b, dx, nullptr, precision, s);
+    conv_backward_data_cat(CUNET_CONV_ARGS, Ci, dy, w, b, dx, nullptr, nullptr, precision, s);
 }
 inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw, int precision = 0,
                                  Stream s = 0) {

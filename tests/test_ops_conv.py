@@ -92,6 +92,12 @@ def test_conv_matches_reference(case, device, block_mode, variant):
     close(got[0], want[0], co * int(np.prod(kk)))
     close(got[1], want[1], dy[:, 0].size)
     close(got[2], want[2], dy[:, 0].size)
+    # x a ReLU's output: relu_input=True returns dx through that ReLU (masked as it is written)
+    xr = np.maximum(x, 0.0).astype(np.float32)
+    dxr = R.conv_backward(dy.astype(np.float64), xr.astype(np.float64), w.astype(np.float64), s, p, d)[0]
+    gr = ops.conv_backward(to_device(dy, device), to_device(xr, device), W, s, p, d, relu_input=True)[0]
+    close(gr, np.where(xr > 0, dxr, 0.0), co * int(np.prod(kk)))
+    assert not to_numpy(gr)[xr <= 0].any()
     if device == "cpu" and variant == "host":   # without the data gradient: the same dw, db
         dx, dw, db = ops.conv_backward(dy, x, w, s, p, d, input_grad=False)
         assert dx is None

@@ -21,8 +21,8 @@ void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const float* 
     cunet::conv_forward_cat(CUNET_CONV_ARGS, C1, x, x2, w, b, y, precision, relu, stream_of(s));
 }
 void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b, float* dx,
-                            float* dx2, int precision, void* s) {
-    cunet::conv_backward_data_cat(CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2, precision, stream_of(s));
+                            float* dx2, const float* mask, int precision, void* s) {
+    cunet::conv_backward_data_cat(CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2, mask, precision, stream_of(s));
 }
 void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
                               float* dw, int precision, void* s) {

@@ -17,6 +17,7 @@ PRECISION_CODE = {"fp32": 0, "tf32": 1, "bf16": 2}   # the launchers' `precision
 TILE, TILE_THREADS = 64, 128                          # kernels/conv.cuh kTM = kTN, kThreads
 
 register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum", "conv_sum_slices",
+         "conv_relu_mask",
          *[f"{p}_{q}" for p in ("conv_forward", "conv_backward_data", "conv_backward_weight") for q in PRECISION_CODE])
 
 
@@ -42,12 +43,15 @@ def _forward(dims, c1, x, x2, w, b, y, relu, precision):
         run(f"conv_forward_{precision}", (_tiles(n * so, co), TILE_THREADS), *dims, c1, x, x2, w, b, y, relu)
 
 
-def _data(dims, c1, dy, w, b, dx, dx2, precision):
+def _data(dims, c1, dy, w, b, dx, dx2, precision, mask=None):
+    """mask: None, or x (no x2) when x is a ReLU's output: dx then through that ReLU."""
     if not is_cupy(dy):
-        return run("conv_backward_data", None, *dims, c1, dy, w, b, dx, dx2, PRECISION_CODE[precision])
+        return run("conv_backward_data", None, *dims, c1, dy, w, b, dx, dx2, mask, PRECISION_CODE[precision])
     n, ci, si = dims[0], dims[1], prod(dims[3:6])
     if n * ci * si:
         run(f"conv_backward_data_{precision}", (_tiles(n * si, ci), TILE_THREADS), *dims, c1, dy, w, b, dx, dx2)
+        if mask is not None:
+            run("conv_relu_mask", loop(dx.size), dx.size, mask, dx)
 
 
 def _weight(dims, c1, dy, x, x2, dw, precision):
@@ -88,22 +92,28 @@ def conv_forward(x, w, b=None, stride=1, padding=0, dilation=1, relu=False, prec
     return y
 
 
-def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True):
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x2=None, input_grad=True,
+                  relu_input=False):
     """-> (dx, dw, db); with x2 (see conv_forward) -> (dx, dx2, dw, db). input_grad=False
-    skips the data gradient (dx, dx2 None): a first layer, whose input needs none."""
+    skips the data gradient (dx, dx2 None): a first layer, whose input needs none.
+    relu_input=True (x is a ReLU's output, no x2): dx is the gradient of that ReLU's input,
+    dx · [x > 0], applied as dx is written (no relu_backward pass)."""
     xc = x if x2 is None else _x2_args(x, x2)
     stride, padding, dilation, out = _conv_backward_args(dy, xc, w, stride, padding, dilation)
     _precision_arg(precision)
     f32_all(dy=dy, x=x, x2=x2, w=w)
     _check.same_device("dy", dy, "x", x)
     dims = _dims(xc.shape, w.shape, w.shape[0], out, stride, padding, dilation)
-    if not isinstance(input_grad, bool):
-        raise TypeError(f"input_grad: expected True or False, got {input_grad!r}")
+    for name, v in (("input_grad", input_grad), ("relu_input", relu_input)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected True or False, got {v!r}")
+    if relu_input and x2 is not None:
+        raise ValueError("relu_input: only for a single input (x2 must be None)")
     dw, dx, dx2 = empty(x, w.shape), None, None
     if input_grad:
         dx = empty(x, x.shape)
         dx2 = None if x2 is None else empty(x2, x2.shape)
-        _data(dims, x.shape[1], dy, w, None, dx, dx2, precision)
+        _data(dims, x.shape[1], dy, w, None, dx, dx2, precision, x if relu_input else None)
     _weight(dims, x.shape[1], dy, x, x2, dw, precision)
     db = channel_sum(dy)
     return (dx, dw, db) if x2 is None else (dx, dx2, dw, db)

@@ -88,12 +88,15 @@ class Conv(Layer):
         self.y = y if relu else None   # the ReLU's backward needs its output
         return y
 
-    def backward(self, dy, input_grad=True):
-        """-> dL/dx ((dx, dx2) with x2); input_grad=False: None, the data gradient skipped."""
-        if self.y is not None:
+    def backward(self, dy, input_grad=True, relu_input=False, relu_done=False):
+        """-> dL/dx ((dx, dx2) with x2); input_grad=False: None, the data gradient skipped.
+        relu_input: x is the previous layer's fused ReLU output; dx comes back through that
+        ReLU (whose layer is then called with relu_done: dy is already its input's gradient)."""
+        if self.y is not None and not relu_done:
             dy = F(dy).relu_backward(dy, self.y)
         *dxs, dw, db = F(dy).conv_backward(dy, self.x, self.p["weight"], self.stride, self.padding,
-                                           precision=self.precision, x2=self.x2, input_grad=input_grad)
+                                           precision=self.precision, x2=self.x2, input_grad=input_grad,
+                                           relu_input=relu_input)
         self.g["weight"] += dw
         if self.bias:
             self.g["bias"] += db
@@ -287,9 +290,17 @@ class Sequential(Layer):
 
     def backward(self, dy, input_grad=True):
         """input_grad=False: a first Conv skips its data gradient (the return value is then
-        None; other first layers still compute theirs)."""
+        None; other first layers still compute theirs). A Conv reading a fused Conv+ReLU's
+        output returns the gradient through that ReLU (conv_backward(relu_input=True)), and
+        the fused Conv skips its relu_backward."""
+        done = False   # dy is already the gradient of the next layer's ReLU input
         for i in reversed(range(len(self._plan))):
             layer = self._plan[i][0]
-            skip = i == 0 and not input_grad and isinstance(layer, Conv)
-            dy = layer.backward(dy, input_grad=False) if skip else layer.backward(dy)
+            kw = {"relu_done": True} if done else {}
+            done = isinstance(layer, Conv) and i > 0 and self._plan[i - 1][1]
+            if done:
+                kw["relu_input"] = True
+            if i == 0 and not input_grad and isinstance(layer, Conv):
+                kw["input_grad"] = False
+            dy = layer.backward(dy, **kw)
         return dy
