@@ -288,12 +288,18 @@ class Sequential(Layer):
             x = layer.forward(x, x2=x2, **kw) if i == 0 and x2 is not None else layer.forward(x, **kw)
         return x
 
-    def backward(self, dy, input_grad=True):
+    @property
+    def relu_out(self):
+        """The block's output is a fused Conv+ReLU's (after forward): a Conv reading it may
+        return the gradient through that ReLU, and backward(relu_done=True) then skips it."""
+        return bool(self._plan) and self._plan[-1][1]
+
+    def backward(self, dy, input_grad=True, relu_done=False):
         """input_grad=False: a first Conv skips its data gradient (the return value is then
         None; other first layers still compute theirs). A Conv reading a fused Conv+ReLU's
         output returns the gradient through that ReLU (conv_backward(relu_input=True)), and
-        the fused Conv skips its relu_backward."""
-        done = False   # dy is already the gradient of the next layer's ReLU input
+        the fused Conv skips its relu_backward; relu_done: dy is already through the last one."""
+        done = relu_done   # dy is already the gradient of the next layer's ReLU input
         for i in reversed(range(len(self._plan))):
             layer = self._plan[i][0]
             kw = {"relu_done": True} if done else {}

@@ -132,10 +132,14 @@ class UNet(Model):
         """Adds dL/dparams into the gradient buffer; returns dL/dx. input_grad=False skips
         the gradient of the input image (training needs none; the first conv's data
         gradient is then not computed) and returns None."""
-        dh = self.head.backward(dlogits)
+        # the head (a conv) reading the last decoder's fused ReLU output returns dh through it
+        through = isinstance(self.head, Conv) and self.dec[-1].relu_out
+        dh = self.head.backward(dlogits, relu_input=True) if through else self.head.backward(dlogits)
         dskips = []   # filled shallowest level first: dskips[i] is the gradient of enc[i]'s output
         for up, cat, dec in reversed(list(zip(self.up, self.cat, self.dec))):
-            dup, dskip = dec.backward(dh) if self._fused else cat.backward(dec.backward(dh))
+            kw = {"relu_done": True} if through else {}
+            through = False
+            dup, dskip = dec.backward(dh, **kw) if self._fused else cat.backward(dec.backward(dh, **kw))
             dskips.append(dskip)
             dh = up.backward(dup)
         dh = self.bottom.backward(dh)
