@@ -810,16 +810,25 @@ constexpr int64_t kWinogradWgradTiles = 64;   // fewer tiles: the direct weight 
 // G, the filter transform (U = G g G^T)
 constexpr float kWinogradG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 
-inline bool winograd_fits(CUNET_CONV_DIMS) {
-    (void)N, (void)Ci, (void)Co;
-    return D == 1 && Do == 1 && KD == 1 && KH == 3 && KW == 3 && SD == 1 && SH == 1 && SW == 1 && PD == 0 &&
-           PH == 1 && PW == 1 && DH == 1 && DW == 1 && Ho == H && Wo == W;
+// 2 or 3: a 2D or 3D 3x3(x3) layer at stride 1, padding 1, dilation 1 where Winograd pays
+// (forward and data gradient), else 0. 3D: 64 tile components per 8 outputs make the
+// transforms outweigh the GEMM below 16 channels (8 -> 8 @64^3: 1.6x the direct time;
+// 16 -> 16 @32^3: 0.86x, 32 -> 64 @16^3: 0.63x, 2 threads).
+inline int winograd_dims(CUNET_CONV_DIMS) {
+    (void)N;
+    const bool plane = KH == 3 && KW == 3 && SH == 1 && SW == 1 && PH == 1 && PW == 1 && DH == 1 && DW == 1 &&
+                       Ho == H && Wo == W && SD == 1;
+    if (plane && D == 1 && Do == 1 && KD == 1 && PD == 0) return 2;
+    if (plane && D > 1 && Do == D && KD == 3 && PD == 1 && DD == 1 && std::min(Ci, Co) >= 16) return 3;
+    return 0;
 }
 
-// U[((blk*16 + xi)*Ci + ci)*kCB + j] = (G g G^T)[xi] of filter g = weight(c0(blk) + j, ci, ky, kx).
+// U[((blk*NC + xi)*Ci + ci)*kCB + j] = (G g G^T)[xi] (NC = 16) or G applied along z, y, x of a
+// 3x3x3 g (NC = 64) of filter g = weight(c0(blk) + j, ci, kz, ky, kx) (kz = 0 in 2D).
 template <class Weight>
-inline void winograd_weights(int64_t Co, int64_t Ci, float* U, Weight&& weight) {
+inline void winograd_weights(int64_t Co, int64_t Ci, int NC, float* U, Weight&& weight) {
     const int64_t nblk = (Co + kCB - 1) / kCB;
+    const int KZ = NC == 64 ? 3 : 1, AZ = NC == 64 ? 4 : 1;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nblk * Ci; ++i) {
         const int64_t blk = i / Ci, ci = i % Ci;
@@ -827,15 +836,27 @@ inline void winograd_weights(int64_t Co, int64_t Ci, float* U, Weight&& weight) 
         int nc;
         channel_block(Co, kCB, blk, c0, nc);
         for (int j = 0; j < kCB; ++j) {
-            float g[3][3] = {}, t[4][3];
+            float g[3][3][3] = {}, t[4][3][3], u[4][4][3];
             if (j < nc)
+                for (int kz = 0; kz < KZ; ++kz)
+                    for (int ky = 0; ky < 3; ++ky)
+                        for (int kx = 0; kx < 3; ++kx) g[kz][ky][kx] = weight(c0 + j, ci, kz, ky, kx);
+            for (int a = 0; a < AZ; ++a)   // along z (3D), then y, then x
                 for (int ky = 0; ky < 3; ++ky)
-                    for (int kx = 0; kx < 3; ++kx) g[ky][kx] = weight(c0 + j, ci, ky, kx);
-            for (int a = 0; a < 4; ++a)
-                for (int l = 0; l < 3; ++l) t[a][l] = kWinogradG[a][0] * g[0][l] + kWinogradG[a][1] * g[1][l] + kWinogradG[a][2] * g[2][l];
-            for (int a = 0; a < 4; ++a)
+                    for (int kx = 0; kx < 3; ++kx)
+                        t[a][ky][kx] = AZ == 1 ? g[0][ky][kx]
+                                               : kWinogradG[a][0] * g[0][ky][kx] + kWinogradG[a][1] * g[1][ky][kx] +
+                                                     kWinogradG[a][2] * g[2][ky][kx];
+            for (int a = 0; a < AZ; ++a) {
                 for (int b = 0; b < 4; ++b)
-                    U[((blk * 16 + a * 4 + b) * Ci + ci) * kCB + j] = t[a][0] * kWinogradG[b][0] + t[a][1] * kWinogradG[b][1] + t[a][2] * kWinogradG[b][2];
+                    for (int kx = 0; kx < 3; ++kx)
+                        u[a][b][kx] = kWinogradG[b][0] * t[a][0][kx] + kWinogradG[b][1] * t[a][1][kx] +
+                                      kWinogradG[b][2] * t[a][2][kx];
+                for (int b = 0; b < 4; ++b)
+                    for (int c = 0; c < 4; ++c)
+                        U[((blk * NC + (a * 4 + b) * 4 + c) * Ci + ci) * kCB + j] =
+                            u[a][b][0] * kWinogradG[c][0] + u[a][b][1] * kWinogradG[c][1] + u[a][b][2] * kWinogradG[c][2];
+            }
         }
     }
 }
@@ -874,6 +895,19 @@ inline void winograd_gemm_tv(int tv, const float* V, int64_t Vs, int64_t Ci, con
     }
 }
 
+// out[j*64 + 16v ..] (j < CB) of a GEMM with packed A (rows of kCB per k), B rows of stride Bs:
+// winograd_gemm, over K = the k count. Dispatch on the block's row count and vectors.
+inline void panel_gemm(int nc, int tv, const float* B, int64_t Bs, int64_t K, const float* a, float* out) {
+    switch (nc) {
+        case 1: return winograd_gemm_tv<1>(tv, B, Bs, K, a, out);
+        case 2: return winograd_gemm_tv<2>(tv, B, Bs, K, a, out);
+        case 3: return winograd_gemm_tv<3>(tv, B, Bs, K, a, out);
+        case 4: return winograd_gemm_tv<4>(tv, B, Bs, K, a, out);
+        case 5: return winograd_gemm_tv<5>(tv, B, Bs, K, a, out);
+        default: return winograd_gemm_tv<6>(tv, B, Bs, K, a, out);
+    }
+}
+
 // B^T d B along one axis: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
 inline void winograd_in4(v16& d0, v16& d1, v16& d2, v16& d3) {
     const v16 a = d0 - d2, b = d1 + d2, c = d2 - d1, e = d1 - d3;
@@ -890,6 +924,15 @@ struct Tiles {
         for (int64_t k = 0; k < count; ++k) {
             n[k] = t0 + k < T ? (int32_t)nn : -1, i[k] = (int32_t)ii, j[k] = (int32_t)jj;
             if (++jj == Tw) jj = 0, ii = ii + 1 == Th ? 0 : ii + 1, nn += ii == 0;
+        }
+    }
+    // 3D: n of the source table is a slab (image n, tile depth l) of Td per image; this table
+    // is its z-slice 2l + dz as a 2D image n*D + z, or -1 outside [0, D).
+    void slice(const Tiles& src, int64_t Td, int64_t D, int64_t dz) {
+        n.resize(src.n.size()), i = src.i, j = src.j;
+        for (size_t k = 0; k < n.size(); ++k) {
+            const int64_t s = src.n[k], z = 2 * (s % Td) + dz;
+            n[k] = s >= 0 && z >= 0 && z < D ? (int32_t)(s / Td * D + z) : -1;
         }
     }
 };
@@ -932,10 +975,11 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
     v16 d[4][4];
     if (G > 1) {   // group g: tile row (n, i) at lanes g*Tw ..: columns 0 .. 2Tw+1 of its rows 2i .. 2i+3 in B
         const int Tw = 16 / G;
+        static const float zeros[4 * 18 + 16] = {};   // the rows of a tile row that is not there
         const float* base[4];
         for (int g = 0; g < G; ++g) {
             const int64_t k = k0 + g * Tw;
-            base[g] = B + (std::max<int64_t>(tl.n[k], 0) * Hp + 2 * tl.i[k]) * Wp;   // n < 0: any row, dropped
+            base[g] = tl.n[k] < 0 ? zeros : B + (tl.n[k] * Hp + 2 * tl.i[k]) * Wp;
         }
         for (int a = 0; a < 4; ++a)
             for (int c = 0; c < 4; c += 2) {
@@ -943,6 +987,9 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
                 for (int g = 0; g < G; ++g) L[g] = load16(base[g] + a * Wp + c);
                 group_lanes(G, L, d[a][c], d[a][c + 1]);
             }
+    } else if (G == 1 && tl.n[k0] < 0) {   // a z-slice outside the volume (3D)
+        for (int a = 0; a < 4; ++a)
+            for (int c = 0; c < 4; ++c) d[a][c] = v16{};
     } else if (G == 1) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
         const int64_t j0 = tl.j[k0], i = tl.i[k0];
         const float* src = plane(tl.n[k0]);
@@ -1029,7 +1076,7 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
     }
     for (int lane = 0; lane < 16; ++lane) {
         const int64_t k = k0 + lane, j = tl.j[k], i = tl.i[k];
-        if (tl.n[k] < 0) break;
+        if (tl.n[k] < 0) continue;
         float* dst = plane(tl.n[k]);
         const float* mk = mask(tl.n[k]);
         for (int r = 0; r < 2 && 2 * i + r < H; ++r)
@@ -1040,66 +1087,120 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
     }
 }
 
-// out(n, c) = bias[c] + sum over ci, 3x3 taps of weight(c, ci, ky, kx) * x[n][ci][y+ky-1][x+kx-1]
-// (zero outside), ReLU if relu. x: channels [0, C1) of (N, Ci, H, W), x2 the rest;
-// plane(n, c): the (H, W) plane of output channel c of image n.
+// The tiles of a Winograd layer: N x Td x Th x Tw (Td = 1 in 2D) over (N, C, D, H, W)
+// arrays; a tile table's n is the slab n*Td + l; 2D tables, images and planes are indexed
+// n*D + z (the z-slices). NC: the tile components (16 in 2D, 64 in 3D).
+struct WinoGeom {
+    int64_t N, D, H, W, Td, Th, Tw, T, nv, Hp, Wp, Bs;
+    int NC, G;
+    Copy g;   // unless G = 1: the zero-padded copy of every z-slice, the tiles' reads in bounds
+    WinoGeom(int64_t N_, int64_t D_, int64_t H_, int64_t W_) : N(N_), D(D_), H(H_), W(W_) {
+        Td = D > 1 ? (D + 1) / 2 : 1, Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Td * Th * Tw, nv = (T + 15) / 16;
+        NC = D > 1 ? 64 : 16, G = winograd_groups(W);
+        g.X[0] = D, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
+        g.len[0] = D, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
+        Hp = g.len[1], Wp = g.len[2], Bs = N * g.L();
+    }
+    // the padded copy of x (channels [C1, C) in x2), or null where G = 1 reads in place
+    float* copy(const float* x, int64_t C, int64_t C1, const float* x2) const {
+        if (G == 1) return nullptr;
+        float* B = scratch(0, g.pre + C * Bs + 64);
+        make_copy(x, N, C, g, B, Bs, 64, C1, x2);
+        return B;
+    }
+    // the z-slice tables of a chunk's table: sl[a] is slice 2l + a + dz0
+    void slices(const Tiles& tl, int64_t dz0, int count, Tiles* sl) const {
+        for (int a = 0; a < count; ++a) sl[a].slice(tl, Td, D, a + dz0);
+    }
+};
+
+// V[xi*Vxi] (16 floats) for the 16 tiles k0 .. of table tl, one channel: (B^T d B)[xi] in 2D;
+// in 3D the 2D transforms of the 4 z-slices (tables sl[0..3]) into components a*16 + .., then
+// B^T along z. plane(n'): the (H, W) slice n' (= n*D + z) of the channel; B: its padded copy.
+template <class Plane>
+inline void winograd_input_nd(const WinoGeom& q, const float* B, const Tiles& tl, const Tiles* sl, int64_t k0,
+                              Plane&& plane, float* V, int64_t Vxi) {
+    if (q.NC == 16) return winograd_input(B, q.Hp, q.Wp, q.H, q.W, q.G, tl, k0, plane, V, Vxi);
+    for (int a = 0; a < 4; ++a) winograd_input(B, q.Hp, q.Wp, q.H, q.W, q.G, sl[a], k0, plane, V + a * 16 * Vxi, Vxi);
+    for (int bc = 0; bc < 16; ++bc) {
+        v16 d[4];
+        for (int a = 0; a < 4; ++a) d[a] = *reinterpret_cast<const v16*>(V + (a * 16 + bc) * Vxi);
+        winograd_in4(d[0], d[1], d[2], d[3]);
+        for (int a = 0; a < 4; ++a) *reinterpret_cast<v16*>(V + (a * 16 + bc) * Vxi) = d[a];
+    }
+}
+
+// A^T along z of the 64 components of M (stride Ms): output slice 0 and 1 as 16 components
+// each at O + (oz*16 + bc)*16, for winograd_output (Ms = 16).
+inline void winograd_out_z(const float* M, int64_t Ms, float* O) {
+    for (int bc = 0; bc < 16; ++bc) {
+        const v16 m0 = load16(M + bc * Ms), m1 = load16(M + (16 + bc) * Ms), m2 = load16(M + (32 + bc) * Ms),
+                  m3 = load16(M + (48 + bc) * Ms);
+        simd::store16(O + bc * 16, m0 + m1 + m2), simd::store16(O + (16 + bc) * 16, m1 - m2 - m3);
+    }
+}
+
+// out(n, c) = bias[c] + sum over ci, 3x3(x3) taps of weight(c, ci, kz, ky, kx) * x[n][ci][z+kz-1][y+ky-1][x+kx-1]
+// (zero outside), ReLU if relu. x: channels [0, C1) of (N, Ci, D, H, W), x2 the rest (D = 1: 2D);
+// plane(n', c): the (H, W) slice n' = n*D + z of output channel c; mask(n', c) likewise or null.
 template <class Weight, class Plane, class Mask>
-inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* x, int64_t C1,
-                          const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane, Mask&& mask) {
-    const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
-    const int G = winograd_groups(W);
-    Copy g;   // unless G = 1: the zero-padded copy, the tiles' reads in bounds
-    g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
-    g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
-    const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
-    float* B = G == 1 ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
-    if (G != 1) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t D, int64_t H, int64_t W, const float* x,
+                          int64_t C1, const float* x2, Weight&& weight, const float* bias, bool relu, Plane&& plane,
+                          Mask&& mask) {
+    const WinoGeom q(N, D, H, W);
+    const int NC = q.NC;
+    const float* B = q.copy(x, Ci, C1, x2);
     C1 = std::min(C1, Ci);
-    const int64_t nblk = (Co + kCB - 1) / kCB;
-    float* U = scratch(1, nblk * 16 * Ci * kCB);
-    winograd_weights(Co, Ci, U, weight);
-    // vectors of 16 tiles per chunk: V (16 x Ci x 16*CT floats) about 384 KiB, in L2
-    const int64_t CT = std::max<int64_t>(4, 384 / std::max<int64_t>(Ci, 1)), nchunk = (nv + CT - 1) / CT;
-    const int64_t Vc = 16 * CT, Vxi = Ci * Vc;   // V[xi][ci][tile of the chunk]
+    const int64_t nblk = (Co + kCB - 1) / kCB, S = H * W;
+    float* U = scratch(1, nblk * NC * Ci * kCB);
+    winograd_weights(Co, Ci, NC, U, weight);
+    // vectors of 16 tiles per chunk: V (NC x Ci x 16*CT floats) about 384 KiB, in L2
+    const int64_t CT = std::max<int64_t>(NC == 16 ? 4 : 2, 384 * 16 / NC / std::max<int64_t>(Ci, 1));
+    const int64_t nchunk = (q.nv + CT - 1) / CT, Vc = 16 * CT, Vxi = Ci * Vc;   // V[xi][ci][tile of the chunk]
+    const int TV = NC == 16 ? 4 : 2;   // vectors per GEMM block: M (NC x kCB x 16*TV) about 24-48 KiB
+    auto in_plane = [&](int64_t c) {
+        return [&, c](int64_t n) { return plane_of(x, x2, C1, Ci, n / D, c, D * S) + n % D * S; };
+    };
 #pragma omp parallel for schedule(dynamic)
     for (int64_t ch = 0; ch < nchunk; ++ch) {
-        const int64_t v0 = ch * CT, nvc = std::min(CT, nv - v0);
-        static thread_local std::vector<v16> vbuf;
-        if ((int64_t)vbuf.size() < Vxi) vbuf.resize(Vxi);   // 16 * Vxi floats
+        const int64_t v0 = ch * CT, nvc = std::min(CT, q.nv - v0);
+        static thread_local std::vector<v16> vbuf, mbuf;
+        if ((int64_t)vbuf.size() < NC * Vxi / 16) vbuf.resize(NC * Vxi / 16);
+        if ((int64_t)mbuf.size() < NC * kCB * 4 + 32) mbuf.resize(NC * kCB * 4 + 32);
         float* V = reinterpret_cast<float*>(vbuf.data());
-        static thread_local Tiles tl;
-        tl.fill(v0 * 16, nvc * 16, T, Th, Tw);
+        float* M = reinterpret_cast<float*>(mbuf.data());   // M[xi][j][64 tiles], then the z-reduced outputs
+        static thread_local Tiles tl, sl[4];
+        tl.fill(v0 * 16, nvc * 16, q.T, q.Th, q.Tw);
+        if (NC == 64) q.slices(tl, -1, 4, sl);
         for (int64_t c = 0; c < Ci; ++c)
             for (int64_t v = 0; v < nvc; ++v)
-                winograd_input(G == 1 ? nullptr : B + c * Bs, Hp, Wp, H, W, G, tl, 16 * v,
-                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Vxi);
-        alignas(64) float M[16 * kCB * 64];   // M[xi][j][64 tiles]
+                winograd_input_nd(q, B ? B + c * q.Bs : nullptr, tl, sl, 16 * v, in_plane(c), V + c * Vc + 16 * v, Vxi);
+        if (NC == 64) q.slices(tl, 0, 2, sl);   // the two output slices
         for (int64_t blk = 0; blk < nblk; ++blk) {
             int64_t c0;
             int nc;
             channel_block(Co, kCB, blk, c0, nc);
-            const float* u = U + blk * 16 * Ci * kCB;
-            for (int64_t vg = 0; vg < nvc; vg += 4) {
-                const int tv = (int)std::min<int64_t>(4, nvc - vg);
-                for (int xi = 0; xi < 16; ++xi) {
-                    const float* Vx = V + xi * Vxi + 16 * vg;
-                    const float* ux = u + xi * Ci * kCB;
-                    float* Mx = M + xi * kCB * 64;
-                    switch (nc) {
-                        case 1: winograd_gemm_tv<1>(tv, Vx, Vc, Ci, ux, Mx); break;
-                        case 2: winograd_gemm_tv<2>(tv, Vx, Vc, Ci, ux, Mx); break;
-                        case 3: winograd_gemm_tv<3>(tv, Vx, Vc, Ci, ux, Mx); break;
-                        case 4: winograd_gemm_tv<4>(tv, Vx, Vc, Ci, ux, Mx); break;
-                        case 5: winograd_gemm_tv<5>(tv, Vx, Vc, Ci, ux, Mx); break;
-                        default: winograd_gemm_tv<6>(tv, Vx, Vc, Ci, ux, Mx); break;
+            const float* u = U + blk * NC * Ci * kCB;
+            for (int64_t vg = 0; vg < nvc; vg += TV) {
+                const int tv = (int)std::min<int64_t>(TV, nvc - vg);
+                for (int xi = 0; xi < NC; ++xi)
+                    panel_gemm(nc, tv, V + xi * Vxi + 16 * vg, Vc, Ci, u + xi * Ci * kCB, M + xi * kCB * 64);
+                for (int j = 0; j < nc; ++j) {
+                    const float b = bias ? bias[c0 + j] : 0.0f;
+                    auto out = [&](int64_t n) { return plane(n, c0 + j); };
+                    auto msk = [&](int64_t n) { return mask(n, c0 + j); };
+                    for (int v = 0; v < tv; ++v) {
+                        const int64_t k0 = 16 * (vg + v);
+                        if (NC == 16) {
+                            winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, q.G, tl, k0, b, relu, out, msk);
+                            continue;
+                        }
+                        float* O = M + NC * kCB * 64;   // 2 x 16 components of 16 tiles
+                        winograd_out_z(M + j * 64 + 16 * v, kCB * 64, O);
+                        for (int oz = 0; oz < 2; ++oz)
+                            winograd_output(O + oz * 256, 16, H, W, q.G, sl[oz], k0, b, relu, out, msk);
                     }
                 }
-                for (int j = 0; j < nc; ++j)
-                    for (int v = 0; v < tv; ++v)
-                        winograd_output(M + j * 64 + 16 * v, kCB * 64, H, W, G, tl, 16 * (vg + v),
-                                        bias ? bias[c0 + j] : 0.0f, relu,
-                                        [&](int64_t n) { return plane(n, c0 + j); },
-                                        [&](int64_t n) { return mask(n, c0 + j); });
             }
         }
     }
@@ -1150,30 +1251,27 @@ inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int
 // once per slice); the slices' sums are added in slice order.
 inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* dy,
                                 const float* x, int64_t C1, const float* x2, float* dw) {
-    const int64_t Th = (H + 1) / 2, Tw = (W + 1) / 2, T = N * Th * Tw, nv = (T + 15) / 16;
-    const int G = winograd_groups(W);
-    Copy g;   // as in winograd_conv
-    g.X[0] = 1, g.X[1] = H, g.X[2] = W, g.S[0] = g.S[1] = g.S[2] = 1;
-    g.len[0] = 1, g.len[1] = 2 * Th + 2, g.len[2] = 2 * Tw + 2, g.pre = g.len[2] + 1;
-    const int64_t Hp = g.len[1], Wp = g.len[2], Bs = N * g.L(), slack = 64;
-    float* B = G == 1 ? nullptr : scratch(0, g.pre + Ci * Bs + slack);
-    if (G != 1) make_copy(x, N, Ci, g, B, Bs, slack, C1, x2);
+    const WinoGeom q(N, 1, H, W);
+    constexpr int NC = 16;
+    const int64_t nv = q.nv, S = H * W;
+    const float* B = q.copy(x, Ci, C1, x2);
     C1 = std::min(C1, Ci);
     // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
-    const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co))), nsl = (nv + SV - 1) / SV;
-    const int64_t size = 16 * Co * Ci, Vc = 16 * SV, nca = (Co + kCA - 1) / kCA, ncb = (Ci + kCBW - 1) / kCBW;
+    const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co)));
+    const int64_t nsl = (nv + SV - 1) / SV, size = NC * Co * Ci, Vc = 16 * SV;
+    const int64_t nca = (Co + kCA - 1) / kCA, ncb = (Ci + kCBW - 1) / kCBW;
     float* part = scratch(2, nsl * size);
     // slice s: transform channel c (x's for c < Ci, then dy's) into V[xi][ci][16*SV] / Z[xi][co][16*SV]
     auto transform = [&](int64_t s, int64_t c, const Tiles& tl, float* V) {
         const int64_t nvs = std::min(SV, nv - s * SV);
         if (c < Ci)
             for (int64_t v = 0; v < nvs; ++v)
-                winograd_input(G == 1 ? nullptr : B + c * Bs, Hp, Wp, H, W, G, tl, 16 * v,
-                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, H * W); }, V + c * Vc + 16 * v, Ci * Vc);
+                winograd_input(B ? B + c * q.Bs : nullptr, q.Hp, q.Wp, H, W, q.G, tl, 16 * v,
+                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, S); }, V + c * Vc + 16 * v, Ci * Vc);
         else
             for (int64_t v = 0; v < nvs; ++v)
-                winograd_grad_tile(H, W, G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * H * W; },
-                                   V + 16 * Ci * Vc + (c - Ci) * Vc + 16 * v, Co * Vc);
+                winograd_grad_tile(H, W, q.G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * S; },
+                                   V + NC * Ci * Vc + (c - Ci) * Vc + 16 * v, Co * Vc);
     };
     // slice s, component xi, block a of Co: the dot products into part
     auto dots = [&](int64_t s, int xi, int64_t a, const float* V) {
@@ -1181,7 +1279,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
         int64_t a0;
         int na;
         channel_block(Co, kCA, a, a0, na);
-        const float* Ab = V + 16 * Ci * Vc + (xi * Co + a0) * Vc;
+        const float* Ab = V + NC * Ci * Vc + (xi * Co + a0) * Vc;
         float* P = part + s * size;
         v16 vp[kCA * kCBW];
         for (int64_t b = 0; b < ncb; ++b) {
@@ -1205,38 +1303,40 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
 #pragma omp parallel for schedule(dynamic)
         for (int64_t s = 0; s < nsl; ++s) {
             static thread_local std::vector<v16> vbuf;
-            if ((int64_t)vbuf.size() < (Ci + Co) * Vc) vbuf.resize((Ci + Co) * Vc);
+            if ((int64_t)vbuf.size() < NC * (Ci + Co) * Vc / 16) vbuf.resize(NC * (Ci + Co) * Vc / 16);
             float* V = reinterpret_cast<float*>(vbuf.data());
             static thread_local Tiles tl;
-            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, T, Th, Tw);
+            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, q.T, q.Th, q.Tw);
             for (int64_t c = 0; c < Ci + Co; ++c) transform(s, c, tl, V);
-            for (int xi = 0; xi < 16; ++xi)
+            for (int xi = 0; xi < NC; ++xi)
                 for (int64_t a = 0; a < nca; ++a) dots(s, xi, a, V);
         }
     } else {   // few slices: the threads share each one
-        float* V = scratch(3, 16 * (Ci + Co) * Vc);
+        float* V = scratch(3, NC * (Ci + Co) * Vc);
         Tiles tl;
         for (int64_t s = 0; s < nsl; ++s) {
-            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, T, Th, Tw);
+            tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, q.T, q.Th, q.Tw);
 #pragma omp parallel for schedule(dynamic)
             for (int64_t c = 0; c < Ci + Co; ++c) transform(s, c, tl, V);
 #pragma omp parallel for schedule(dynamic)
-            for (int64_t i = 0; i < 16 * nca; ++i) dots(s, (int)(i / nca), i % nca, V);
+            for (int64_t i = 0; i < NC * nca; ++i) dots(s, (int)(i / nca), i % nca, V);
         }
     }
+    // sum the slices in order, then G^T along y and x: 4 x 4 -> 3 x 3
+    const auto& Gm = kWinogradG;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < Co * Ci; ++i) {
-        float m[4][4], t[3][4];
-        for (int xi = 0; xi < 16; ++xi) {
+        float m[4][4], t[4][3];
+        for (int xi = 0; xi < NC; ++xi) {
             float acc = part[xi * Co * Ci + i];
             for (int64_t s = 1; s < nsl; ++s) acc += part[s * size + xi * Co * Ci + i];
             m[xi / 4][xi % 4] = acc;
         }
-        for (int k = 0; k < 3; ++k)
-            for (int b = 0; b < 4; ++b) t[k][b] = kWinogradG[0][k] * m[0][b] + kWinogradG[1][k] * m[1][b] + kWinogradG[2][k] * m[2][b] + kWinogradG[3][k] * m[3][b];
+        for (int b = 0; b < 4; ++b)
+            for (int l = 0; l < 3; ++l) t[b][l] = m[b][0] * Gm[0][l] + m[b][1] * Gm[1][l] + m[b][2] * Gm[2][l] + m[b][3] * Gm[3][l];
         for (int k = 0; k < 3; ++k)
             for (int l = 0; l < 3; ++l)
-                dw[i * 9 + k * 3 + l] = t[k][0] * kWinogradG[0][l] + t[k][1] * kWinogradG[1][l] + t[k][2] * kWinogradG[2][l] + t[k][3] * kWinogradG[3][l];
+                dw[i * 9 + k * 3 + l] = Gm[0][k] * t[0][l] + Gm[1][k] * t[1][l] + Gm[2][k] * t[2][l] + Gm[3][k] * t[3][l];
     }
 }
 
@@ -1317,19 +1417,6 @@ inline void patch_dy(int64_t Co, int64_t So, const Patch& pt, const float* dy, i
     for (int64_t co = 0; co < Co; ++co) {
         std::memcpy(Ds + co * pt.nq16, dy + (n * Co + co) * So + r0 * Wo, 4 * nq);
         std::fill(Ds + co * pt.nq16 + nq, Ds + (co + 1) * pt.nq16, 0.0f);
-    }
-}
-
-// out[j*64 + 16v ..] (j < CB) of a GEMM with packed A (rows of kCB per k), B rows of stride Bs:
-// winograd_gemm, over K = the k count. Dispatch on the block's row count and vectors.
-inline void panel_gemm(int nc, int tv, const float* B, int64_t Bs, int64_t K, const float* a, float* out) {
-    switch (nc) {
-        case 1: return winograd_gemm_tv<1>(tv, B, Bs, K, a, out);
-        case 2: return winograd_gemm_tv<2>(tv, B, Bs, K, a, out);
-        case 3: return winograd_gemm_tv<3>(tv, B, Bs, K, a, out);
-        case 4: return winograd_gemm_tv<4>(tv, B, Bs, K, a, out);
-        case 5: return winograd_gemm_tv<5>(tv, B, Bs, K, a, out);
-        default: return winograd_gemm_tv<6>(tv, B, Bs, K, a, out);
     }
 }
 
@@ -1516,11 +1603,13 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
 inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu,
                               int64_t C1, const float* x2) {
     if (N * Co * Do * Ho * Wo == 0) return;
-    if (winograd_fits(CUNET_CONV_ARGS))
-        return winograd_conv(N, Ci, Co, H, W, x, C1, x2,
-                             [&](int64_t co, int64_t ci, int ky, int kx) { return w[((co * Ci + ci) * 3 + ky) * 3 + kx]; },
-                             b, relu, [&](int64_t n, int64_t c) { return y + (n * Co + c) * H * W; },
-                             [](int64_t, int64_t) { return (const float*)nullptr; });
+    const int64_t S = H * W;   // Winograd's planes: (H, W) slice n = image*D + z
+    if (winograd_dims(CUNET_CONV_ARGS))
+        return winograd_conv(
+            N, Ci, Co, D, H, W, x, C1, x2,
+            [&](int64_t co, int64_t ci, int kz, int ky, int kx) { return w[(((co * Ci + ci) * KD + kz) * 3 + ky) * 3 + kx]; },
+            b, relu, [&](int64_t n, int64_t c) { return y + ((n / D) * Co + c) * D * S + n % D * S; },
+            [](int64_t, int64_t) { return (const float*)nullptr; });
     if (patch_fits(CUNET_CONV_ARGS)) return patch_forward(CUNET_CONV_ARGS, x, x2, C1, w, b, y, relu);
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
@@ -1552,11 +1641,15 @@ inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, c
 inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const float* w, const float* b,
                                     float* dx, int64_t C1, float* dx2, const float* mask = nullptr) {
     if (N * Ci * D * H * W == 0) return;
-    if (winograd_fits(CUNET_CONV_ARGS))   // the 3x3 conv of dy with the flipped, transposed filter
-        return winograd_conv(N, Co, Ci, H, W, dy, Co, nullptr,
-                             [&](int64_t ci, int64_t co, int ky, int kx) { return w[((co * Ci + ci) * 3 + 2 - ky) * 3 + 2 - kx]; },
-                             b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n, c, H * W); },
-                             [&](int64_t n, int64_t c) { return mask ? mask + (n * Ci + c) * H * W : nullptr; });
+    const int64_t Sp = H * W;   // Winograd's planes: (H, W) slice n = image*D + z
+    if (winograd_dims(CUNET_CONV_ARGS))   // the 3x3(x3) conv of dy with the flipped, transposed filter
+        return winograd_conv(
+            N, Co, Ci, D, H, W, dy, Co, nullptr,
+            [&](int64_t ci, int64_t co, int kz, int ky, int kx) {
+                return w[(((co * Ci + ci) * KD + KD - 1 - kz) * 3 + 2 - ky) * 3 + 2 - kx];
+            },
+            b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n / D, c, D * Sp) + n % D * Sp; },
+            [&](int64_t n, int64_t c) { return mask ? mask + ((n / D) * Ci + c) * D * Sp + n % D * Sp : nullptr; });
     if (patch_fits(CUNET_CONV_ARGS)) return patch_data(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2, mask);
     const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
@@ -1626,7 +1719,9 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
     const int64_t nk = KD * KH * KW;
     if (Co * Ci * nk == 0) return;
     if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
-    if (winograd_fits(CUNET_CONV_ARGS) && N * ((H + 1) / 2) * ((W + 1) / 2) >= kWinogradWgradTiles)
+    // 2D only: in 3D the 64 components' transforms and short dot products cost more than
+    // the direct weight gradient (1.2-1.6x its time at 8-64 channels)
+    if (winograd_dims(CUNET_CONV_ARGS) == 2 && N * ((H + 1) / 2) * ((W + 1) / 2) >= kWinogradWgradTiles)
         return winograd_conv_wgrad(N, Ci, Co, H, W, dy, x, C1, x2, dw);
     if (patch_fits(CUNET_CONV_ARGS)) return patch_weight(CUNET_CONV_ARGS, dy, x, x2, C1, dw);
     std::vector<int64_t> off;

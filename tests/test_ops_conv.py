@@ -66,6 +66,14 @@ CONV = [
     ((6, 8), 1, 2, 5, 3, 1, 1, 1),
     ((16, 16), 5, 3, 4, 3, 1, 1, 1),
     ((33, 8), 9, 2, 3, 3, 1, 1, 1),
+    # 3D Winograd F(2x2x2, 3x3x3) (forward, data gradient; >= 16 channels): rows of tiles
+    # (W = 32), 2 and 4 tile rows per vector (W = 16, 8), lanes gathered (W = 6), odd and
+    # even depths; the same shapes below 16 channels take the direct kernels
+    ((3, 4, 32), 2, 16, 17, 3, 1, 1, 1),
+    ((4, 5, 16), 1, 17, 16, 3, 1, 1, 1),
+    ((7, 6, 8), 1, 16, 16, 3, 1, 1, 1),
+    ((5, 3, 6), 1, 16, 18, 3, 1, 1, 1),
+    ((3, 4, 32), 2, 3, 5, 3, 1, 1, 1),
     # patch convs (kernel = stride, no padding): 1x1 read in place, 2x2 split by column
     # parity in vectors and a tail, 3D, several strips per image with a short last one
     ((8, 16), 2, 5, 3, 1, 1, 0, 1),
