@@ -207,3 +207,24 @@ def test_conv_reads_nothing_past_its_arrays(case):
     got = ops.conv_backward(DY, X, W, s, p, 1)
     for g, wv, kk in zip(got, want, (co * k * k, dy[:, 0].size, dy[:, 0].size)):
         close(g, wv, kk)
+
+
+def test_host_pool_reuses_only_unreferenced_arrays():
+    """core.empty's pool: a large array comes back only once no name, view or container
+    refers to it; past the byte cap the free ones are dropped."""
+    pool = core._HostPool()
+    a = pool.get((512, 1024), np.float32)
+    first = id(a)
+    view = a[3:]
+    del a
+    b = pool.get((512, 1024), np.float32)
+    assert id(b) != first   # the view still holds it
+    del view
+    c = pool.get((512, 1024), np.float32)
+    assert id(c) == first and c.shape == (512, 1024) and c.dtype == np.float32
+    small = pool.get((4, 4), np.float32)   # below MIN: never pooled
+    assert small.shape == (4, 4) and pool.bytes == 2 * 512 * 1024 * 4
+    pool.CAP = pool.bytes + 1
+    del b
+    pool.get((1024, 1024), np.float32)   # over the cap: the free array is dropped first
+    assert pool.bytes == (512 + 1024) * 1024 * 4
