@@ -810,15 +810,16 @@ constexpr int64_t kWinogradWgradTiles = 64;   // fewer tiles: the direct weight 
 // G, the filter transform (U = G g G^T)
 constexpr float kWinogradG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
 
-// 2 or 3: a 2D or 3D 3x3(x3) layer at stride 1, padding 1, dilation 1 where Winograd pays
-// (forward and data gradient), else 0. 3D: 64 tile components per 8 outputs make the
-// transforms outweigh the GEMM below 16 channels (8 -> 8 @64^3: 1.6x the direct time;
-// 16 -> 16 @32^3: 0.86x, 32 -> 64 @16^3: 0.63x, 2 threads).
+// 2 or 3: a 2D or 3D 3x3(x3) layer at stride 1, padding 1, dilation 1 where Winograd pays,
+// else 0. The transforms cost per channel, the GEMMs per channel pair: with few channels
+// the direct conv wins (2D, 8 x 1x128^2, 2 threads: 1 -> 16 forward 1.6x the direct time,
+// 4 -> 16 1.24x, 16 -> 8 0.88x; 3D, 64 tile components per 8 outputs: 8 -> 8 @64^3 1.6x,
+// 16 -> 16 @32^3 0.86x, 32 -> 64 @16^3 0.63x).
 inline int winograd_dims(CUNET_CONV_DIMS) {
     (void)N;
     const bool plane = KH == 3 && KW == 3 && SH == 1 && SW == 1 && PH == 1 && PW == 1 && DH == 1 && DW == 1 &&
                        Ho == H && Wo == W && SD == 1;
-    if (plane && D == 1 && Do == 1 && KD == 1 && PD == 0) return 2;
+    if (plane && D == 1 && Do == 1 && KD == 1 && PD == 0 && std::min(Ci, Co) >= 8) return 2;
     if (plane && D > 1 && Do == D && KD == 3 && PD == 1 && DD == 1 && std::min(Ci, Co) >= 16) return 3;
     return 0;
 }

@@ -54,18 +54,19 @@ CONV = [
     ((9, 1, 17), 1, 1, 3, 3, 2, 1, 1),
     ((4, 6, 8), 1, 5, 17, 2, 2, 0, 1),
     ((5, 4, 33), 1, 3, 1, 3, 1, 2, 2),
-    # Winograd F(2x2, 3x3) (2D 3x3, stride 1, padding 1): widths a multiple of 32 (row
-    # vectors of tiles) with odd and even heights, chunks that end in 1-3 vectors, 1-6
-    # channel blocks
-    ((5, 64), 2, 3, 7, 3, 1, 1, 1),
+    # Winograd F(2x2, 3x3) (2D 3x3, stride 1, padding 1, >= 8 channels): widths a multiple
+    # of 32 (row vectors of tiles) with odd and even heights, chunks that end in 1-3 vectors,
+    # channel blocks of 4-6
+    ((5, 64), 2, 8, 9, 3, 1, 1, 1),
     ((4, 32), 1, 20, 9, 3, 1, 1, 1),
-    ((33, 64), 3, 5, 13, 3, 1, 1, 1),
-    ((2, 2), 2, 1, 1, 3, 1, 1, 1),
+    ((33, 64), 3, 8, 13, 3, 1, 1, 1),
+    ((2, 2), 2, 8, 8, 3, 1, 1, 1),
+    ((3, 64), 1, 8, 18, 3, 1, 1, 1),
     # ... W = 16 and 8 (2 and 4 tile rows per vector; the last vector partly past the tiles)
-    ((5, 16), 3, 3, 7, 3, 1, 1, 1),
-    ((6, 8), 1, 2, 5, 3, 1, 1, 1),
-    ((16, 16), 5, 3, 4, 3, 1, 1, 1),
-    ((33, 8), 9, 2, 3, 3, 1, 1, 1),
+    ((5, 16), 3, 9, 8, 3, 1, 1, 1),
+    ((6, 8), 1, 8, 10, 3, 1, 1, 1),
+    ((16, 16), 5, 8, 9, 3, 1, 1, 1),
+    ((33, 8), 9, 8, 8, 3, 1, 1, 1),
     # 3D Winograd F(2x2x2, 3x3x3) (forward, data gradient; >= 16 channels): rows of tiles
     # (W = 32), 2 and 4 tile rows per vector (W = 16, 8), lanes gathered (W = 6), odd and
     # even depths; the same shapes below 16 channels take the direct kernels
@@ -186,7 +187,7 @@ def test_conv_ops_errors_match_reference():
         ops.conv_forward(np.zeros((1, 2, 5, 10), np.float32)[..., ::2], w)
 
 
-@pytest.mark.parametrize("case", [((100, 16), 1, 300, 2, 1), ((20, 32), 2, 40, 3, 2), ((16, 16), 1, 5, 3, 3)], ids=str)
+@pytest.mark.parametrize("case", [((100, 16), 1, 300, 2, 1), ((20, 32), 2, 40, 3, 2), ((16, 16), 1, 8, 9, 3)], ids=str)
 def test_conv_reads_nothing_past_its_arrays(case):
     """x, w and dy as views of buffers whose next elements are NaN: a kernel reading past an
     array's end (a strip's last vector, a 1x1 conv read in place) would turn results NaN."""
