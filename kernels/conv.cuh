@@ -607,22 +607,24 @@ inline void channel_block(int64_t n, int64_t most, int64_t b, int64_t& begin, in
 constexpr int kCB = 6;        // most output channels per register block
 constexpr int kChunk = 384;   // q per unit of work splitting
 
-// One block: CB output channels x 16*TV positions from q = 0 of B (already at the block).
-// wp: (Cin, nt, kCB) weights of this channel block. tile: (CB, 16*TV).
-template <int CB, int TV>
-inline void flat_tile(const float* __restrict__ B, int64_t Bs, int64_t Cin, const float* __restrict__ wp,
-                      const int64_t* __restrict__ off, int nt, float* __restrict__ tile) {
+// One block: CB output channels x 16*TV positions from q = 0 of B (already at the block):
+// out[j*ostride + 16*v ..] = sum over k < K (rows of B, stride Bs) and, with Taps, taps t < nt
+// (at offsets off[t]) of w[(k*nt + t)*kCB + j] * B[k*Bs + off[t] + 16*v ..]. Without Taps
+// (one tap at offset 0) it is a plain GEMM panel: the Winograd and patch GEMMs.
+template <int CB, int TV, bool Taps = true>
+inline void gemm_tile(const float* __restrict__ B, int64_t Bs, int64_t K, const float* __restrict__ w,
+                      const int64_t* __restrict__ off, int nt, float* __restrict__ out, int64_t ostride) {
     v16 acc[CB][TV];
 #pragma GCC unroll 16
     for (int j = 0; j < CB; ++j)
 #pragma GCC unroll 16
         for (int v = 0; v < TV; ++v) acc[j][v] = v16{};
-    for (int64_t c = 0; c < Cin; ++c, B += Bs) {
-        for (int t = 0; t < nt; ++t, wp += kCB) {
-            const float* xb = B + off[t];
+    for (int64_t c = 0; c < K; ++c, B += Bs) {
+        for (int t = 0; t < (Taps ? nt : 1); ++t, w += kCB) {
+            const float* xb = Taps ? B + off[t] : B;
             v16 wv[CB];
 #pragma GCC unroll 16
-            for (int j = 0; j < CB; ++j) wv[j] = splat(wp[j]);
+            for (int j = 0; j < CB; ++j) wv[j] = splat(w[j]);
 #pragma GCC unroll 16
             for (int v = 0; v < TV; ++v) {
                 const v16 xv = load16(xb + 16 * v);
@@ -631,8 +633,16 @@ inline void flat_tile(const float* __restrict__ B, int64_t Bs, int64_t Cin, cons
             }
         }
     }
+#pragma GCC unroll 16
     for (int j = 0; j < CB; ++j)
-        for (int v = 0; v < TV; ++v) std::memcpy(tile + (j * TV + v) * 16, &acc[j][v], 64);
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) simd::store16(out + j * ostride + 16 * v, acc[j][v]);
+}
+
+// flat_conv's block: wp (Cin, nt, kCB) weights of this channel block, tile (CB, 16*TV).
+template <int CB, int TV>
+inline void flat_tile(const float* B, int64_t Bs, int64_t Cin, const float* wp, const int64_t* off, int nt, float* tile) {
+    gemm_tile<CB, TV>(B, Bs, Cin, wp, off, nt, tile, 16 * TV);
 }
 
 // q per block of nc output channels (the TV of flat_tile<nc, TV> times 16)
@@ -731,6 +741,19 @@ inline void dot_block_a(int nb, const float* A, int64_t As, const float* B, int6
     }
 }
 
+// dot_block for a block of na (<= kCA) rows of A by nb (<= kCBW) rows of B.
+inline void dot_blocks(int na, int nb, const float* A, int64_t As, const float* B, int64_t Bs, int64_t q0, int64_t q1,
+                       bool first, v16* vp) {
+    switch (na) {
+        case 1: return dot_block_a<1>(nb, A, As, B, Bs, q0, q1, first, vp);
+        case 2: return dot_block_a<2>(nb, A, As, B, Bs, q0, q1, first, vp);
+        case 3: return dot_block_a<3>(nb, A, As, B, Bs, q0, q1, first, vp);
+        case 4: return dot_block_a<4>(nb, A, As, B, Bs, q0, q1, first, vp);
+        case 5: return dot_block_a<5>(nb, A, As, B, Bs, q0, q1, first, vp);
+        default: return dot_block_a<6>(nb, A, As, B, Bs, q0, q1, first, vp);
+    }
+}
+
 // A: Ca rows of stride As (a multiple of 16, 64-byte aligned), zero past the valid grid;
 // Qr a multiple of 16. Work items: (q-slice, block of rows of A), each summing its blocks
 // as 16-lane partials over the slice, chunk by chunk, and reducing them once at the end;
@@ -761,14 +784,7 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
                 for (int t = 0; t < nt; ++t) {
                     const float* Bb = B + b0 * Bs + off[t];
                     v16* v = vp + (b * nt + t) * kCA * kCBW;
-                    switch (na) {
-                        case 1: dot_block_a<1>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                        case 2: dot_block_a<2>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                        case 3: dot_block_a<3>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                        case 4: dot_block_a<4>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                        case 5: dot_block_a<5>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                        default: dot_block_a<6>(nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v); break;
-                    }
+                    dot_blocks(na, nb, Ab, As, Bb, Bs, q0, q1, q0 == qs, v);
                 }
             }
         }
@@ -862,37 +878,14 @@ inline void winograd_weights(int64_t Co, int64_t Ci, int NC, float* U, Weight&& 
     }
 }
 
-// out[j*64 + 16*v ..] = sum over ci of u[ci*kCB + j] * V[ci*Vs + 16*v ..]: CB channels x TV vectors of tiles.
-template <int CB, int TV>
-inline void winograd_gemm(const float* __restrict__ V, int64_t Vs, int64_t Ci, const float* __restrict__ u,
-                          float* __restrict__ out) {
-    v16 acc[CB][TV];
-#pragma GCC unroll 8
-    for (int j = 0; j < CB; ++j)
-#pragma GCC unroll 4
-        for (int v = 0; v < TV; ++v) acc[j][v] = v16{};
-    for (int64_t ci = 0; ci < Ci; ++ci, V += Vs, u += kCB) {
-        v16 uv[CB];
-#pragma GCC unroll 8
-        for (int j = 0; j < CB; ++j) uv[j] = splat(u[j]);
-#pragma GCC unroll 4
-        for (int v = 0; v < TV; ++v) {
-            const v16 xv = load16(V + 16 * v);
-#pragma GCC unroll 8
-            for (int j = 0; j < CB; ++j) acc[j][v] += uv[j] * xv;
-        }
-    }
-    for (int j = 0; j < CB; ++j)
-        for (int v = 0; v < TV; ++v) *reinterpret_cast<v16*>(out + j * 64 + 16 * v) = acc[j][v];
-}
-
+// out[j*64 + 16*v ..] = sum over k < K of u[k*kCB + j] * V[k*Vs + 16*v ..] for tv <= 4 vectors.
 template <int CB>
-inline void winograd_gemm_tv(int tv, const float* V, int64_t Vs, int64_t Ci, const float* u, float* out) {
+inline void winograd_gemm_tv(int tv, const float* V, int64_t Vs, int64_t K, const float* u, float* out) {
     switch (tv) {
-        case 1: return winograd_gemm<CB, 1>(V, Vs, Ci, u, out);
-        case 2: return winograd_gemm<CB, 2>(V, Vs, Ci, u, out);
-        case 3: return winograd_gemm<CB, 3>(V, Vs, Ci, u, out);
-        default: return winograd_gemm<CB, 4>(V, Vs, Ci, u, out);
+        case 1: return gemm_tile<CB, 1, false>(V, Vs, K, u, nullptr, 1, out, 64);
+        case 2: return gemm_tile<CB, 2, false>(V, Vs, K, u, nullptr, 1, out, 64);
+        case 3: return gemm_tile<CB, 3, false>(V, Vs, K, u, nullptr, 1, out, 64);
+        default: return gemm_tile<CB, 4, false>(V, Vs, K, u, nullptr, 1, out, 64);
     }
 }
 
@@ -1288,14 +1281,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             int nb;
             channel_block(Ci, kCBW, b, b0, nb);
             const float* Bb = V + (xi * Ci + b0) * Vc;
-            switch (na) {
-                case 1: dot_block_a<1>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-                case 2: dot_block_a<2>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-                case 3: dot_block_a<3>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-                case 4: dot_block_a<4>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-                case 5: dot_block_a<5>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-                default: dot_block_a<6>(nb, Ab, Vc, Bb, Vc, 0, nq, true, vp); break;
-            }
+            dot_blocks(na, nb, Ab, Vc, Bb, Vc, 0, nq, true, vp);
             for (int j = 0; j < na; ++j)
                 for (int i = 0; i < nb; ++i) P[(xi * Co + a0 + j) * Ci + b0 + i] = hsum16(vp[j * kCBW + i]);
         }
@@ -1545,14 +1531,7 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
                 channel_block(pt.K, kCBW, bb, b0, nb);
                 const float* A = Ds + a0 * pt.nq16;
                 const float* B = Xs + b0 * Xst;
-                switch (na) {
-                    case 1: dot_block_a<1>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                    case 2: dot_block_a<2>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                    case 3: dot_block_a<3>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                    case 4: dot_block_a<4>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                    case 5: dot_block_a<5>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                    default: dot_block_a<6>(nb, A, pt.nq16, B, Xst, 0, nq16, true, vp); break;
-                }
+                dot_blocks(na, nb, A, pt.nq16, B, Xst, 0, nq16, true, vp);
                 for (int j = 0; j < na; ++j)
                     for (int i = 0; i < nb; ++i) P[(a0 + j) * pt.K + b0 + i] = hsum16(vp[j * kCBW + i]);
             }
