@@ -12,12 +12,15 @@
 //   conv_backward_data(DIMS, dy, w, b, dx)     loop over dx         gather, no atomics; + b[ci] if b
 //   conv_backward_weight(DIMS, dy, x, dw)      coop, grid Co*Ci*KD*KH*KW, one weight per block
 //   channel_sum(N, C, S, x, out)               coop, grid C          out[c] = sum over n, s of x
+//   conv_relu_mask(n, mask, dx)                loop over dx         dx = 0 where mask <= 0
 // Tiled implicit-GEMM kernels (what the GPU runs), <p> = fp32 | tf32 | bf16:
 //   conv_forward_<p>, conv_backward_data_<p>, conv_backward_weight_<p>, conv_sum_slices
 //   (see "tiled implicit-GEMM kernels" below for their arguments and grid).
 //
 // Launchers: the GPU build runs the tiled kernels. The host build runs the register-blocked
-// CPU variants of the "host variants" section, or the portable kernels when host_variants()
+// CPU variants of the "host variants" section (Winograd F(2x2,3x3) / F(2x2x2,3x3x3) for
+// 3x3 stride-1 padding-1 layers with enough channels, strip GEMMs for kernel = stride with
+// no padding, the padded-copy direct conv for the rest), or the portable kernels when host_variants()
 // is false (set_host_variants(False) in Python); with emulate_blocks() on it runs the tiled
 // kernels through the block emulation (set_emulate_blocks(True): how tests execute them).
 #pragma once
@@ -455,8 +458,8 @@ extern "C" __global__ void conv_relu_mask(int64_t n, const float* __restrict__ m
 }
 
 // ---- host variants
-// The CPU build's conv (NVRTC and nvcc never see this section). One idea serves all
-// three passes: copy the array that is read (x, or dy for the data gradient) once into
+// The CPU build's conv (NVRTC and nvcc never see this section). Winograd and patch layers
+// have their own sections below; for every other geometry one idea serves all three passes: copy the array that is read (x, or dy for the data gradient) once into
 // a zero-padded buffer, split by stride phase, laid out (C, phase, N, Z, Y, X), in which
 // neighbouring rows, planes and images share their zero padding (a read left of a row
 // lands in the zero tail of the row before). Every tap then reads that buffer at a fixed

@@ -211,21 +211,21 @@ def test_conv_reads_nothing_past_its_arrays(case):
 
 
 def test_host_pool_reuses_only_unreferenced_arrays():
-    """core.empty's pool: a large array comes back only once no name, view or container
-    refers to it; past the byte cap the free ones are dropped."""
+    """core.empty's pool: a large buffer comes back only once no name, view or container
+    refers to it, for any shape of its size; past the byte cap the free ones are dropped."""
     pool = core._HostPool()
     a = pool.get((512, 1024), np.float32)
-    first = id(a)
+    buf = id(a.base)   # (a name for the buffer itself would keep it in use)
     view = a[3:]
     del a
     b = pool.get((512, 1024), np.float32)
-    assert id(b) != first   # the view still holds it
+    assert id(b.base) != buf   # the view still holds it
     del view
-    c = pool.get((512, 1024), np.float32)
-    assert id(c) == first and c.shape == (512, 1024) and c.dtype == np.float32
+    c = pool.get((1024, 512), np.float32)   # same size, other shape
+    assert id(c.base) == buf and c.shape == (1024, 512) and c.dtype == np.float32 and c.flags.c_contiguous
     small = pool.get((4, 4), np.float32)   # below MIN: never pooled
-    assert small.shape == (4, 4) and pool.bytes == 2 * 512 * 1024 * 4
+    assert small.base is None and pool.bytes == 2 * 512 * 1024 * 4
     pool.CAP = pool.bytes + 1
     del b
-    pool.get((1024, 1024), np.float32)   # over the cap: the free array is dropped first
+    pool.get((1024, 1024), np.float32)   # over the cap: the free buffer is dropped first
     assert pool.bytes == (512 + 1024) * 1024 * 4

@@ -144,7 +144,9 @@ class UNet(Model):
             dh = up.backward(dup)
         dh = self.bottom.backward(dh)
         for i in reversed(range(len(self.enc))):   # the skip's gradient joins the pooled path
-            dh = self.down[i].backward(dh) + dskips[i]
+            pooled = self.down[i].backward(dh)
+            dh = dskips[i]   # this pass's own array (a data gradient): added to in place
+            dh += pooled
             dh = self.enc[i].backward(dh, input_grad=input_grad) if i == 0 else self.enc[i].backward(dh)
         return dh if input_grad else None
 
