@@ -135,6 +135,12 @@ def integer(name, v, lo=None):
     return int(v)
 
 
+def flag(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected True or False, got {v!r}")
+    return v
+
+
 def choice(name, v, options):
     if v not in options:
         raise ValueError(f"{name}: expected one of {', '.join(repr(o) for o in options)}, got {v!r}")

@@ -459,8 +459,9 @@ extern "C" __global__ void conv_relu_mask(int64_t n, const float* __restrict__ m
 
 // ---- host variants
 // The CPU build's conv (NVRTC and nvcc never see this section). Winograd and patch layers
-// have their own sections below; for every other geometry one idea serves all three passes: copy the array that is read (x, or dy for the data gradient) once into
-// a zero-padded buffer, split by stride phase, laid out (C, phase, N, Z, Y, X), in which
+// have their own sections below; for every other geometry one idea serves all three
+// passes: copy the array that is read (x, or dy for the data gradient) once into a
+// zero-padded buffer, split by stride phase, laid out (C, phase, N, Z, Y, X), in which
 // neighbouring rows, planes and images share their zero padding (a read left of a row
 // lands in the zero tail of the row before). Every tap then reads that buffer at a fixed
 // offset from one flat output index q, so
@@ -493,32 +494,23 @@ using simd::v16;
 using simd::v16i;
 using simd::load16;
 using simd::splat;
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-inline float hsum16(v16 v) {
-    v8 lo, hi;
-    std::memcpy(&lo, &v, 32);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
-    lo += hi;
-    v4 a, b;
-    std::memcpy(&a, &lo, 16);
-    std::memcpy(&b, reinterpret_cast<const char*>(&lo) + 16, 16);
-    a += b;
-    return (a[0] + a[2]) + (a[1] + a[3]);
-}
+using simd::hsum16;
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
 
 // Scratch per calling thread, grown on demand and kept: fresh pages on every call would
-// cost more than filling them. Slots: 0 read buffer, 1 packed weights / dy grid, 2 partial dw,
-// 3 transformed tiles (Winograd weight gradient).
+// cost more than filling them. 64-byte aligned. Slots: 0 read buffer, 1 packed weights / dy
+// grid, 2 partial dw, 3 transformed tiles (Winograd weight gradient); 4 and 5 are for use
+// inside parallel regions (worker_scratch), whose team includes the calling thread.
 inline float* scratch(int slot, int64_t n) {
-    static thread_local std::vector<float> buf[4];
+    static thread_local std::vector<float> buf[6];
     std::vector<float>& v = buf[slot];
     if ((int64_t)v.size() < n + 16) v.resize(n + 16);
     return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
 }
+// A parallel region's per-thread buffer `which` (0 or 1) of n floats: scratch slots 4, 5.
+inline float* worker_scratch(int which, int64_t n) { return scratch(4 + which, n); }
 
 // The padded, phase-split copy of a (N, C, X0, X1, X2) array: element j of axis a in
 // phase p_a holds source index j*S_a + p_a, zero from the end of the source to len_a (the
@@ -774,9 +766,7 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
         int64_t a0;
         int na;
         channel_block(Ca, kCA, it % nca, a0, na);
-        static thread_local std::vector<v16> vbuf;   // (ncb, nt, kCA, kCBW)
-        if ((int64_t)vbuf.size() < ncb * nt * kCA * kCBW) vbuf.resize(ncb * nt * kCA * kCBW);
-        v16* vp = vbuf.data();
+        v16* vp = reinterpret_cast<v16*>(worker_scratch(0, ncb * nt * kCA * kCBW * 16));   // (ncb, nt, kCA, kCBW)
         const float* Ab = A + a0 * As;
         for (int64_t q0 = qs; q0 < qe; q0 += kStep) {
             const int64_t q1 = std::min(qe, q0 + kStep);
@@ -818,8 +808,8 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
 // multiplies per input channel where the direct conv spends 36, so the work becomes 16
 // GEMMs (one per tile component xi) of U[xi] (Co x Ci) by V[xi] (Ci x tiles).
 // Per chunk of tiles (one thread): the input tiles of every channel are transformed into
-// V (in L2), then per block of <= 6 output channels and 64 tiles the 16 GEMMs (register
-// blocked like flat_tile, aligned loads) leave M in L1, and the output transform writes
+// V (in L2), then per block of <= 6 output channels and 64 tiles the 16 GEMMs (gemm_tile
+// panels) leave M in L1, and the output transform writes
 // y with bias and ReLU. Tiles are numbered (n, i, j) over N x ceil(H/2) x ceil(W/2);
 // where W is a multiple of 32 a vector of 16 tiles is 32 columns of one row pair, where W
 // is 16 or 8 it is 2 or 4 whole tile rows (contiguous loads and stores, winograd_groups);
@@ -892,8 +882,8 @@ inline void winograd_gemm_tv(int tv, const float* V, int64_t Vs, int64_t K, cons
     }
 }
 
-// out[j*64 + 16v ..] (j < CB) of a GEMM with packed A (rows of kCB per k), B rows of stride Bs:
-// winograd_gemm, over K = the k count. Dispatch on the block's row count and vectors.
+// out[j*64 + 16v ..] (j < nc) of a GEMM with packed A (rows of kCB per k), B rows of stride
+// Bs, over K = the k count: gemm_tile without taps, dispatched on the block's rows and vectors.
 inline void panel_gemm(int nc, int tv, const float* B, int64_t Bs, int64_t K, const float* a, float* out) {
     switch (nc) {
         case 1: return winograd_gemm_tv<1>(tv, B, Bs, K, a, out);
@@ -1058,7 +1048,7 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
                 const int64_t at = (2 * i + r) * W + 2 * tl.j[k];
                 float* dst = plane(tl.n[k]) + at;
                 if (const float* mk = mask(tl.n[k])) {
-                    const int len = G == 1 ? 32 : 32 / G;
+                    const int len = 32 / G;
                     for (int e = 0; e < len; ++e) dst[e] = mk[at + e] > 0.0f ? row[len * g + e] : 0.0f;
                 } else if (G == 1) {
                     std::memcpy(dst, row, 128);   // constant sizes: vector stores, no call
@@ -1161,11 +1151,8 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t D, int64_t 
 #pragma omp parallel for schedule(dynamic)
     for (int64_t ch = 0; ch < nchunk; ++ch) {
         const int64_t v0 = ch * CT, nvc = std::min(CT, q.nv - v0);
-        static thread_local std::vector<v16> vbuf, mbuf;
-        if ((int64_t)vbuf.size() < NC * Vxi / 16) vbuf.resize(NC * Vxi / 16);
-        if ((int64_t)mbuf.size() < NC * kCB * 4 + 32) mbuf.resize(NC * kCB * 4 + 32);
-        float* V = reinterpret_cast<float*>(vbuf.data());
-        float* M = reinterpret_cast<float*>(mbuf.data());   // M[xi][j][64 tiles], then the z-reduced outputs
+        float* V = worker_scratch(0, NC * Vxi);
+        float* M = worker_scratch(1, NC * kCB * 64 + 512);   // M[xi][j][64 tiles], then the z-reduced outputs
         static thread_local Tiles tl, sl[4];
         tl.fill(v0 * 16, nvc * 16, q.T, q.Th, q.Tw);
         if (NC == 64) q.slices(tl, -1, 4, sl);
@@ -1292,9 +1279,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     if (nsl >= 2 * host_threads()) {   // a slice per thread
 #pragma omp parallel for schedule(dynamic)
         for (int64_t s = 0; s < nsl; ++s) {
-            static thread_local std::vector<v16> vbuf;
-            if ((int64_t)vbuf.size() < NC * (Ci + Co) * Vc / 16) vbuf.resize(NC * (Ci + Co) * Vc / 16);
-            float* V = reinterpret_cast<float*>(vbuf.data());
+            float* V = worker_scratch(0, NC * (Ci + Co) * Vc);
             static thread_local Tiles tl;
             tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, q.T, q.Th, q.Tw);
             for (int64_t c = 0; c < Ci + Co; ++c) transform(s, c, tl, V);
@@ -1352,13 +1337,13 @@ inline bool patch_fits(CUNET_CONV_DIMS) {
 struct Patch {
     int64_t T, K, rows, R, nstrip, nq16;   // taps, Ci*T, output rows per image, rows per strip
     Patch(CUNET_CONV_DIMS, int64_t per_q) {
-        (void)D, (void)H, (void)W, (void)SD, (void)SH, (void)SW, (void)PD, (void)PH, (void)PW, (void)DD, (void)DH, (void)DW;
+        (void)Co, (void)D, (void)H, (void)W, (void)SD, (void)SH, (void)SW, (void)PD, (void)PH, (void)PW, (void)DD,
+            (void)DH, (void)DW;
         T = KD * KH * KW, K = Ci * T, rows = Do * Ho;
         // strip: about 1 MiB of X' and DY' (per_q floats per voxel), at least 64 voxels
         const int64_t want = std::max<int64_t>(64, (1 << 18) / std::max<int64_t>(per_q, 1));
         R = std::min(rows, std::max<int64_t>(1, want / Wo));
         nstrip = N * ((rows + R - 1) / R), nq16 = (R * Wo + 15) / 16 * 16;
-        (void)Co;
     }
     // 1x1: x's rows read in place when every strip is whole vectors (no read past an array)
     bool in_place(int64_t Ci, int64_t C1, int64_t Wo) const {
@@ -1401,6 +1386,19 @@ inline void patch_split(CUNET_CONV_DIMS, const Patch& pt, const float* x, const 
     }
 }
 
+// The strip's X' (Xs, row stride Xst): x's rows in place for a 1x1 layer where the strips are
+// whole vectors, else patch_split into the worker buffer 0.
+inline void patch_input(CUNET_CONV_DIMS, const Patch& pt, const float* x, const float* x2, int64_t C1, int64_t n,
+                        int64_t r0, int64_t nq, const float*& Xs, int64_t& Xst) {
+    if (pt.in_place(Ci, C1, Wo)) {
+        Xs = x + n * Ci * Do * Ho * Wo + r0 * Wo, Xst = Do * Ho * Wo;
+        return;
+    }
+    float* buf = worker_scratch(0, pt.K * pt.nq16);
+    patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, buf);
+    Xs = buf, Xst = pt.nq16;
+}
+
 // DY'[co*nq16 + q]: the strip's voxels of dy (N, Co, Do*Ho*Wo), zero past nq.
 inline void patch_dy(int64_t Co, int64_t So, const Patch& pt, const float* dy, int64_t n, int64_t r0, int64_t Wo,
                      int64_t nq, float* Ds) {
@@ -1420,14 +1418,9 @@ inline void patch_forward(CUNET_CONV_DIMS, const float* x, const float* x2, int6
     for (int64_t s = 0; s < pt.nstrip; ++s) {
         int64_t n, r0, nq;
         pt.strip(s, n, r0, nq, Wo);
-        static thread_local std::vector<v16> buf;
-        if ((int64_t)buf.size() < pt.K * pt.nq16 / 16) buf.resize(pt.K * pt.nq16 / 16);
-        const float* Xs = reinterpret_cast<float*>(buf.data());
-        int64_t Xst = pt.nq16;   // X' row stride
-        if (pt.in_place(Ci, C1, Wo))
-            Xs = x + n * Ci * So + r0 * Wo, Xst = So;
-        else
-            patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, reinterpret_cast<float*>(buf.data()));
+        const float* Xs;
+        int64_t Xst;   // X' row stride
+        patch_input(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, Xs, Xst);
         alignas(64) float tile[kCB * 64];
         for (int64_t blk = 0; blk < nblk; ++blk) {
             int64_t c0;
@@ -1469,9 +1462,7 @@ inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const f
     for (int64_t s = 0; s < pt.nstrip; ++s) {
         int64_t n, r0, nq;
         pt.strip(s, n, r0, nq, Wo);
-        static thread_local std::vector<v16> buf;
-        if ((int64_t)buf.size() < Co * pt.nq16 / 16) buf.resize(Co * pt.nq16 / 16);
-        float* Ds = reinterpret_cast<float*>(buf.data());
+        float* Ds = worker_scratch(1, Co * pt.nq16);
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
         alignas(64) float tile[kCB * 64];
         for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -1511,15 +1502,10 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
     for (int64_t s = 0; s < pt.nstrip; ++s) {
         int64_t n, r0, nq;
         pt.strip(s, n, r0, nq, Wo);
-        static thread_local std::vector<v16> buf;
-        if ((int64_t)buf.size() < (pt.K + Co) * pt.nq16 / 16) buf.resize((pt.K + Co) * pt.nq16 / 16);
-        float* Ds = reinterpret_cast<float*>(buf.data()) + pt.K * pt.nq16;
-        const float* Xs = reinterpret_cast<float*>(buf.data());
-        int64_t Xst = pt.nq16;   // X' row stride
-        if (pt.in_place(Ci, C1, Wo))
-            Xs = x + n * Ci * So + r0 * Wo, Xst = So;
-        else
-            patch_split(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, reinterpret_cast<float*>(buf.data()));
+        float* Ds = worker_scratch(1, Co * pt.nq16);
+        const float* Xs;
+        int64_t Xst;   // X' row stride
+        patch_input(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, Xs, Xst);
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
         const int64_t nq16 = (nq + 15) / 16 * 16;   // this strip's (the last may be shorter)
         float* P = part + s * size;

@@ -284,12 +284,6 @@ inline v16 labels16(const int64_t* y, int64_t m, int64_t K, const float* class_w
     return yf;
 }
 
-inline float hsum(v16 v) {
-    float s = 0.0f;
-    for (int i = 0; i < 16; ++i) s += v[i];
-    return s;
-}
-
 // Softmax of 16 positions: z[c] (K vectors) in, p[c] out; returns the max (m) and sum.
 inline void softmax16(int64_t K, const v16* z, v16* p, v16& m, v16& sum) {
     m = z[0];
@@ -323,16 +317,16 @@ inline void softmax_partials(int64_t N, int64_t K, int64_t S, const float* logit
             }
             wnll += w * (simd::log16(sum) - (zy - mx)), wsum += w;
         });
-        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = (float)hsum(acc[r]);
-        partials[4 * K * blocks + b] = hsum(wnll);
-        partials[(4 * K + 1) * blocks + b] = hsum(wsum);
+        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = simd::hsum16(acc[r]);
+        partials[4 * K * blocks + b] = simd::hsum16(wnll);
+        partials[(4 * K + 1) * blocks + b] = simd::hsum16(wsum);
     }
 }
 
 inline void softmax_backward(int64_t N, int64_t K, int64_t S, const float* logits, const int64_t* labels,
                              const float* class_weights, const float* coef, float smooth, int64_t voxel,
                              float* dlogits) {
-    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(1024, (N * S + 2047) / 2048));
+    const int64_t blocks = (N * S + 2047) / 2048;   // work items of ~2048 positions
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
         std::vector<v16> buf(3 * K);
@@ -388,8 +382,8 @@ inline void sigmoid_partials(int64_t N, int64_t K, int64_t S, const float* logit
                 bce += live * (simd::vmax(z, v16{}) - z * g + simd::log16(1.0f + e));
             }
         });
-        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = hsum(acc[r]);
-        partials[4 * K * blocks + b] = hsum(bce);
+        for (int64_t r = 0; r < 4 * K; ++r) partials[r * blocks + b] = simd::hsum16(acc[r]);
+        partials[4 * K * blocks + b] = simd::hsum16(bce);
         partials[(4 * K + 1) * blocks + b] = (float)count;
     }
 }

@@ -527,6 +527,20 @@ inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
 inline v16 vmax(v16 a, v16 b) { return a > b ? a : b; }
+// the sum of the 16 lanes, as a tree (halves added, then quarters)
+inline float hsum16(v16 v) {
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef float v4 __attribute__((vector_size(16)));
+    v8 lo, hi;
+    std::memcpy(&lo, &v, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+    lo += hi;
+    v4 a, b;
+    std::memcpy(&a, &lo, 16);
+    std::memcpy(&b, reinterpret_cast<const char*>(&lo) + 16, 16);
+    a += b;
+    return (a[0] + a[2]) + (a[1] + a[3]);
+}
 // the first m lanes of p (m < 16: the rest zero), and their store
 inline v16 load_part(const float* p, int64_t m) {
     if (m >= 16) return load16(p);

@@ -104,9 +104,8 @@ def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x
     f32_all(dy=dy, x=x, x2=x2, w=w)
     _check.same_device("dy", dy, "x", x)
     dims = _dims(xc.shape, w.shape, w.shape[0], out, stride, padding, dilation)
-    for name, v in (("input_grad", input_grad), ("relu_input", relu_input)):
-        if not isinstance(v, bool):
-            raise TypeError(f"{name}: expected True or False, got {v!r}")
+    _check.flag("input_grad", input_grad)
+    _check.flag("relu_input", relu_input)
     if relu_input and x2 is not None:
         raise ValueError("relu_input: only for a single input (x2 must be None)")
     dw, dx, dx2 = empty(x, w.shape), None, None

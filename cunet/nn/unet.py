@@ -136,9 +136,8 @@ class UNet(Model):
         through = isinstance(self.head, Conv) and self.dec[-1].relu_out
         dh = self.head.backward(dlogits, relu_input=True) if through else self.head.backward(dlogits)
         dskips = []   # filled shallowest level first: dskips[i] is the gradient of enc[i]'s output
-        for up, cat, dec in reversed(list(zip(self.up, self.cat, self.dec))):
-            kw = {"relu_done": True} if through else {}
-            through = False
+        for k, (up, cat, dec) in enumerate(reversed(list(zip(self.up, self.cat, self.dec)))):
+            kw = {"relu_done": True} if through and k == 0 else {}   # the last decoder: its ReLU is done
             dup, dskip = dec.backward(dh, **kw) if self._fused else cat.backward(dec.backward(dh, **kw))
             dskips.append(dskip)
             dh = up.backward(dup)
@@ -159,8 +158,7 @@ class UNet(Model):
 
     @fuse.setter
     def fuse(self, on):
-        if not isinstance(on, bool):
-            raise TypeError(f"fuse: expected True or False, got {on!r}")
+        _check.flag("fuse", on)
         self._fuse = on
         for block in self._blocks:
             block.fuse = on
