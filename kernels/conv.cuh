@@ -545,20 +545,23 @@ inline void make_copy(const float* src, int64_t N, int64_t C, const Copy& g, flo
     C1 = std::min(C1, C);
     std::fill(dst, dst + g.pre, 0.0f);
     dst += g.pre;
-    const int64_t P = g.phases(), used = P * N * g.L(), rows = C * P * N * g.len[0] * g.len[1];
+    const int64_t P = g.phases(), used = P * N * g.L(), planes = C * P * N * g.len[0], S = g.S[2];
+    // one (channel, phase, image, j0) plane of len1 rows per iteration (no divisions per row)
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t j1 = r % g.len[1], j0 = (r / g.len[1]) % g.len[0], n = (r / (g.len[1] * g.len[0])) % N;
-        const int64_t p = (r / (g.len[1] * g.len[0] * N)) % P, c = r / (g.len[1] * g.len[0] * N * P);
-        const int64_t p2 = p % g.S[2], p1 = (p / g.S[2]) % g.S[1], p0 = p / (g.S[2] * g.S[1]);
-        float* out = dst + c * Cs + ((p * N + n) * g.len[0] + j0) * g.len[1] * g.len[2] + j1 * g.len[2];
-        const int64_t i0 = j0 * g.S[0] + p0, i1 = j1 * g.S[1] + p1, S = g.S[2];
-        const int64_t je = i0 < g.X[0] && i1 < g.X[1] ? std::min(g.len[2], ceil_div(g.X[2] - p2, S)) : 0;
-        const float* in = plane_of(src, src2, C1, C, n, c, g.X[0] * g.X[1] * g.X[2]) + (i0 * g.X[1] + i1) * g.X[2] + p2;
-        if (S == 1) std::copy(in, in + je, out);
-        else for (int64_t j = 0; j < je; ++j) out[j] = in[j * S];
-        std::fill(out + je, out + g.len[2], 0.0f);
-        if (r % (P * N * g.len[0] * g.len[1]) == 0 && Cs > used) std::fill(dst + c * Cs + used, dst + (c + 1) * Cs, 0.0f);
+    for (int64_t r = 0; r < planes; ++r) {
+        const int64_t j0 = r % g.len[0], n = (r / g.len[0]) % N, p = (r / (g.len[0] * N)) % P, c = r / (g.len[0] * N * P);
+        const int64_t p2 = p % S, p1 = (p / S) % g.S[1], p0 = p / (S * g.S[1]), i0 = j0 * g.S[0] + p0;
+        float* out = dst + c * Cs + ((p * N + n) * g.len[0] + j0) * g.len[1] * g.len[2];
+        const float* in = plane_of(src, src2, C1, C, n, c, g.X[0] * g.X[1] * g.X[2]) + i0 * g.X[1] * g.X[2] + p2;
+        const int64_t row = std::min(g.len[2], ceil_div(g.X[2] - p2, S));
+        for (int64_t j1 = 0, i1 = p1; j1 < g.len[1]; ++j1, i1 += g.S[1], out += g.len[2]) {
+            const int64_t je = i0 < g.X[0] && i1 < g.X[1] ? row : 0;
+            const float* a = in + i1 * g.X[2];
+            if (S == 1) std::copy(a, a + je, out);
+            else for (int64_t j = 0; j < je; ++j) out[j] = a[j * S];
+            std::fill(out + je, out + g.len[2], 0.0f);
+        }
+        if (r % (P * N * g.len[0]) == 0 && Cs > used) std::fill(dst + c * Cs + used, dst + (c + 1) * Cs, 0.0f);
     }
     std::fill(dst + C * Cs, dst + C * Cs + slack, 0.0f);
 }
@@ -1143,7 +1146,7 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t D, int64_t 
     winograd_weights(Co, Ci, NC, U, weight);
     // vectors of 16 tiles per chunk: V (NC x Ci x 16*CT floats) about 384 KiB, in L2
     const int64_t CT = std::max<int64_t>(NC == 16 ? 4 : 2, 384 * 16 / NC / std::max<int64_t>(Ci, 1));
-    const int64_t nchunk = (q.nv + CT - 1) / CT, Vc = 16 * CT, Vxi = Ci * Vc;   // V[xi][ci][tile of the chunk]
+    const int64_t nchunk = (q.nv + CT - 1) / CT, Vc = 16 * CT, Vxi = Ci * Vc + (Ci * Vc / 16 % 2 == 0 ? 16 : 0);   // V[xi][ci][tile of the chunk]
     const int TV = NC == 16 ? 4 : 2;   // vectors per GEMM block: M (NC x kCB x 16*TV) about 24-48 KiB
     auto in_plane = [&](int64_t c) {
         return [&, c](int64_t n) { return plane_of(x, x2, C1, Ci, n / D, c, D * S) + n % D * S; };
