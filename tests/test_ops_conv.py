@@ -67,6 +67,10 @@ CONV = [
     ((6, 8), 1, 8, 10, 3, 1, 1, 1),
     ((16, 16), 5, 8, 9, 3, 1, 1, 1),
     ((33, 8), 9, 8, 8, 3, 1, 1, 1),
+    # ... the weight gradient as a GEMM over transposed tiles (64 to 511 tiles, >= 64
+    # channels; channel counts off the vector and block sizes), W = 8 and lanes gathered
+    ((8, 8), 5, 65, 70, 3, 1, 1, 1),
+    ((10, 10), 3, 64, 67, 3, 1, 1, 1),
     # 3D Winograd F(2x2x2, 3x3x3) (forward, data gradient; >= 16 channels): rows of tiles
     # (W = 32), 2 and 4 tile rows per vector (W = 16, 8), lanes gathered (W = 6), odd and
     # even depths; the same shapes below 16 channels take the direct kernels
