@@ -845,8 +845,8 @@ inline void transpose_rows(const float* src, int64_t R, int64_t ss, int64_t T, f
 // otherwise its lanes are gathered and scattered.
 // Accuracy: exact transforms up to rounding (B, A have entries 0, +-1; G's 1/2 is exact).
 constexpr int64_t kWinogradWgradTiles = 64;   // fewer tiles: the direct weight gradient
-// G, the filter transform (U = G g G^T)
-constexpr float kWinogradG[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+// G, the filter transform (U = G g G^T), has rows (1, 0, 0), (1, 1, 1)/2, (1, -1, 1)/2, (0, 0, 1):
+// winograd_weights applies it, winograd_conv_wgrad its transpose.
 
 // 2 or 3: a 2D or 3D 3x3(x3) layer at stride 1, padding 1, dilation 1 where Winograd pays,
 // else 0. The transforms cost per channel, the GEMMs per channel pair: with few channels
@@ -866,37 +866,51 @@ inline int winograd_dims(CUNET_CONV_DIMS) {
 // 3x3x3 g (NC = 64) of filter g = weight(c0(blk) + j, ci, kz, ky, kx) (kz = 0 in 2D).
 template <class Weight>
 inline void winograd_weights(int64_t Co, int64_t Ci, int NC, float* U, Weight&& weight) {
-    const int64_t nblk = (Co + kCB - 1) / kCB;
+    const int64_t nblk = (Co + kCB - 1) / kCB, ngrp = (Ci + 15) / 16;
     const int KZ = NC == 64 ? 3 : 1, AZ = NC == 64 ? 4 : 1;
+    const v16 h = splat(0.5f);
+    auto gt = [&](v16 a, v16 b, v16 c, v16* o) {   // G (a, b, c): a, (a+b+c)/2, (a-b+c)/2, c
+        const v16 e = h * (a + c), f = h * b;
+        o[0] = a, o[1] = e + f, o[2] = e - f, o[3] = c;
+    };
+    // 16 input channels per vector: per output channel j of the block, its 16 filters are
+    // transformed at once into loc[xi][ci][j], stored as NC runs of 16 x kCB floats
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < nblk * Ci; ++i) {
-        const int64_t blk = i / Ci, ci = i % Ci;
+    for (int64_t i = 0; i < nblk * ngrp; ++i) {
+        const int64_t blk = i / ngrp, ci0 = i % ngrp * 16, m = std::min<int64_t>(16, Ci - ci0);
         int64_t c0;
         int nc;
         channel_block(Co, kCB, blk, c0, nc);
+        alignas(64) float loc[64 * 16 * kCB];
         for (int j = 0; j < kCB; ++j) {
-            float g[3][3][3] = {}, t[4][3][3], u[4][4][3];
+            v16 g[3][3][3] = {}, t[4][3][3], u[4][3], r[4];
             if (j < nc)
                 for (int kz = 0; kz < KZ; ++kz)
                     for (int ky = 0; ky < 3; ++ky)
-                        for (int kx = 0; kx < 3; ++kx) g[kz][ky][kx] = weight(c0 + j, ci, kz, ky, kx);
-            for (int a = 0; a < AZ; ++a)   // along z (3D), then y, then x
-                for (int ky = 0; ky < 3; ++ky)
-                    for (int kx = 0; kx < 3; ++kx)
-                        t[a][ky][kx] = AZ == 1 ? g[0][ky][kx]
-                                               : kWinogradG[a][0] * g[0][ky][kx] + kWinogradG[a][1] * g[1][ky][kx] +
-                                                     kWinogradG[a][2] * g[2][ky][kx];
+                        for (int kx = 0; kx < 3; ++kx)
+                            for (int e = 0; e < m; ++e) g[kz][ky][kx][e] = weight(c0 + j, ci0 + e, kz, ky, kx);
+            for (int ky = 0; ky < 3; ++ky)   // along z (3D), then y, then x
+                for (int kx = 0; kx < 3; ++kx) {
+                    v16 o[4];
+                    if (AZ == 1) o[0] = g[0][ky][kx];
+                    else gt(g[0][ky][kx], g[1][ky][kx], g[2][ky][kx], o);
+                    for (int a = 0; a < AZ; ++a) t[a][ky][kx] = o[a];
+                }
             for (int a = 0; a < AZ; ++a) {
-                for (int b = 0; b < 4; ++b)
-                    for (int kx = 0; kx < 3; ++kx)
-                        u[a][b][kx] = kWinogradG[b][0] * t[a][0][kx] + kWinogradG[b][1] * t[a][1][kx] +
-                                      kWinogradG[b][2] * t[a][2][kx];
-                for (int b = 0; b < 4; ++b)
+                for (int kx = 0; kx < 3; ++kx) {
+                    v16 o[4];
+                    gt(t[a][0][kx], t[a][1][kx], t[a][2][kx], o);
+                    for (int b = 0; b < 4; ++b) u[b][kx] = o[b];
+                }
+                for (int b = 0; b < 4; ++b) {
+                    gt(u[b][0], u[b][1], u[b][2], r);
                     for (int c = 0; c < 4; ++c)
-                        U[((blk * NC + (a * 4 + b) * 4 + c) * Ci + ci) * kCB + j] =
-                            u[a][b][0] * kWinogradG[c][0] + u[a][b][1] * kWinogradG[c][1] + u[a][b][2] * kWinogradG[c][2];
+                        for (int e = 0; e < 16; ++e) loc[(((a * 4 + b) * 4 + c) * 16 + e) * kCB + j] = r[c][e];
+                }
             }
         }
+        for (int xi = 0; xi < NC; ++xi)
+            std::memcpy(U + ((blk * NC + xi) * Ci + ci0) * kCB, loc + xi * 16 * kCB, 4 * m * kCB);
     }
 }
 
@@ -1077,9 +1091,14 @@ inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, in
                 if (tl.n[k] < 0 || 2 * i + r >= H) continue;
                 const int64_t at = (2 * i + r) * W + 2 * tl.j[k];
                 float* dst = plane(tl.n[k]) + at;
-                if (const float* mk = mask(tl.n[k])) {
-                    const int len = 32 / G;
-                    for (int e = 0; e < len; ++e) dst[e] = mk[at + e] > 0.0f ? row[len * g + e] : 0.0f;
+                if (const float* mk = mask(tl.n[k])) {   // 32/G floats, 16 at a time (8 for G = 4)
+                    const float* src = row + 32 / G * g;
+                    for (int e = 0; e < 32 / G; e += 16) {
+                        const v16 m = load16_or_8(mk + at + e, G == 4), v = load16_or_8(src + e, G == 4);
+                        const v16 o = m > zero ? v : zero;
+                        if (G == 4) std::memcpy(dst + e, &o, 32);
+                        else simd::store16(dst + e, o);
+                    }
                 } else if (G == 1) {
                     std::memcpy(dst, row, 128);   // constant sizes: vector stores, no call
                 } else if (G == 2) {
