@@ -365,14 +365,20 @@ def maxpool_forward(x, kernel=2, stride=None, padding=0):
     return y, arg
 
 
-def maxpool_backward(dy, argmax, x_shape):
-    """dx: every output's gradient added at the input position its argmax names."""
+def maxpool_backward(dy, argmax, x_shape, out=None):
+    """dx: every output's gradient added at the input position its argmax names; with out
+    (x_shape) added into out, which is returned."""
     x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape)
     nc = x_shape[0] * x_shape[1]
+    if out is not None and tuple(out.shape) != x_shape:
+        raise ValueError(f"out: expected shape {x_shape} (x_shape), got {tuple(out.shape)}")
     dx = np.zeros((nc, plane), dtype=dy.dtype)
     rows = np.repeat(np.arange(nc), dy.size // max(nc, 1))
     np.add.at(dx, (rows, argmax.reshape(-1)), dy.reshape(-1))
-    return dx.reshape(x_shape)
+    if out is None:
+        return dx.reshape(x_shape)
+    out += dx.reshape(x_shape)
+    return out
 
 
 # ---- upsampling

@@ -6,9 +6,11 @@
 //
 // Entry points (loop kernels):
 //   maxpool_forward(N*C, D, H, W, Do, Ho, Wo, KD, KH, KW, SD, SH, SW, PD, PH, PW, x, y, argmax)
-//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)   dx must be zeroed; scatter by
-//       atomicAdd, so overlapping windows (stride < kernel) sum in an unspecified order
-// Host build: maxpool_forward's launcher runs a row-wise loop unless host_variants() is off.
+//   maxpool_backward(N*C, D*H*W, Do*Ho*Wo, dy, argmax, dx)   adds into dx (zeroed, or a
+//       gradient to add to); scatter by atomicAdd, so overlapping windows (stride < kernel)
+//       sum in an unspecified order
+// Host build: maxpool_forward's launcher runs a row-wise loop, maxpool_backward's a loop per
+// plane (plain adds, window order), unless host_variants() is off.
 #pragma once
 #include "portable.cuh"
 
@@ -110,6 +112,18 @@ inline void maxpool_forward(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t
 }
 inline void maxpool_backward(int64_t NC, int64_t plane, int64_t out_plane, const float* dy, const int64_t* argmax,
                              float* dx, Stream s = 0) {
+#if defined(CUNET_HOST)
+    if (host_variants()) {   // one (n, c) plane per iteration: plain adds in window order, no atomics
+#pragma omp parallel for schedule(static) if (NC * out_plane > 32768)
+        for (int64_t nc = 0; nc < NC; ++nc) {
+            float* d = dx + nc * plane;
+            const float* g = dy + nc * out_plane;
+            const int64_t* a = argmax + nc * out_plane;
+            for (int64_t i = 0; i < out_plane; ++i) d[a[i]] += g[i];
+        }
+        return;
+    }
+#endif
     CUNET_LAUNCH_LOOP(::maxpool_backward, NC * out_plane, s, NC, plane, out_plane, dy, argmax, dx);
 }
 

@@ -29,8 +29,18 @@ def test_maxpool_matches_reference(case, device, variant):
     np.testing.assert_array_equal(to_numpy(Y), y)
     np.testing.assert_array_equal(to_numpy(ARG), arg)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_allclose(to_numpy(ops.maxpool_backward(to_device(dy, device), ARG, x.shape)),
-                               R.maxpool_backward(dy, arg, x.shape), rtol=1e-6, atol=1e-6)
+    want = R.maxpool_backward(dy, arg, x.shape)
+    np.testing.assert_allclose(to_numpy(ops.maxpool_backward(to_device(dy, device), ARG, x.shape)), want,
+                               rtol=1e-6, atol=1e-6)
+    # out: added into a gradient already there (in place, the array itself returned)
+    prior = rng.standard_normal(x.shape).astype(np.float32)
+    out = to_device(prior.copy(), device)
+    got = ops.maxpool_backward(to_device(dy, device), ARG, x.shape, out=out)
+    assert got is out
+    np.testing.assert_allclose(to_numpy(out), prior + want, rtol=1e-6, atol=1e-6)
+    ref_out = prior.astype(np.float64)
+    assert R.maxpool_backward(dy, arg, x.shape, out=ref_out) is ref_out
+    np.testing.assert_allclose(ref_out, prior + want, rtol=1e-6, atol=1e-6)
 
 
 def test_maxpool_ties_nan_and_negative_infinity_follow_the_reference(variant):
@@ -80,6 +90,12 @@ def test_resample_errors():
         ops.maxpool_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int32), x.shape)
     with pytest.raises(ValueError, match="argmax: values must lie in"):
         ops.maxpool_backward(np.zeros((1, 2, 2, 2), np.float32), np.full((1, 2, 2, 2), 99), x.shape)
+    with pytest.raises(ValueError, match=r"out: expected shape \(1, 2, 5, 5\) \(x_shape\), got \(1, 2, 4, 4\)"):
+        ops.maxpool_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int64), x.shape,
+                             out=np.zeros((1, 2, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="out: cunet.ops kernels take float32"):
+        ops.maxpool_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int64), x.shape,
+                             out=np.zeros((1, 2, 5, 5)))
     with pytest.raises(ValueError, match="mode: expected one of"):
         ops.upsample_forward(x, 2, "cubic")
     with pytest.raises(ValueError, match=r"dy: expected shape \(1, 2, 10, 10\)"):

@@ -145,8 +145,9 @@ class MaxPool(Layer):
         self.shape = x.shape
         return y
 
-    def backward(self, dy):
-        dx = F(dy).maxpool_backward(dy, self.argmax, self.shape)
+    def backward(self, dy, out=None):
+        """out: a gradient of the pool's input to add into (in place, returned)."""
+        dx = F(dy).maxpool_backward(dy, self.argmax, self.shape, out=out)
         self.argmax = None
         return dx
 

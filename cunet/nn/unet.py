@@ -143,9 +143,13 @@ class UNet(Model):
             dh = up.backward(dup)
         dh = self.bottom.backward(dh)
         for i in reversed(range(len(self.enc))):   # the skip's gradient joins the pooled path
-            pooled = self.down[i].backward(dh)
-            dh = dskips[i]   # this pass's own array (a data gradient): added to in place
-            dh += pooled
+            # the skip's gradient (this pass's own array: a data gradient) gets the down path's added in place
+            if isinstance(self.down[i], MaxPool):
+                dh = self.down[i].backward(dh, out=dskips[i])
+            else:
+                down = self.down[i].backward(dh)
+                dh = dskips[i]
+                dh += down
             dh = self.enc[i].backward(dh, input_grad=input_grad) if i == 0 else self.enc[i].backward(dh)
         return dh if input_grad else None
 
