@@ -504,12 +504,12 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) 
 // grid, 2 partial dw, 3 transformed tiles (Winograd weight gradient); 4 and 5 are for use
 // inside parallel regions (worker_scratch), whose team includes the calling thread.
 inline float* scratch(int slot, int64_t n) {
-    static thread_local std::vector<float> buf[6];
+    static thread_local std::vector<float> buf[7];
     std::vector<float>& v = buf[slot];
     if ((int64_t)v.size() < n + 16) v.resize(n + 16);
     return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
 }
-// A parallel region's per-thread buffer `which` (0 or 1) of n floats: scratch slots 4, 5.
+// A parallel region's per-thread buffer `which` (0, 1 or 2) of n floats: scratch slots 4-6.
 inline float* worker_scratch(int which, int64_t n) { return scratch(4 + which, n); }
 
 // The padded, phase-split copy of a (N, C, X0, X1, X2) array: element j of axis a in
@@ -753,6 +753,17 @@ inline void dot_blocks(int na, int nb, const float* A, int64_t As, const float* 
     }
 }
 
+// out[i] = part[i] + part[size + i] + ... (nsl slices, added in slice order), 16 i at a time.
+inline void sum_slices(const float* part, int64_t nsl, int64_t size, float* out) {
+#pragma omp parallel for schedule(static) if (nsl * size > 32768)
+    for (int64_t i = 0; i < size; i += 16) {
+        const int64_t m = std::min<int64_t>(16, size - i);
+        v16 acc = simd::load_part(part + i, m);
+        for (int64_t s = 1; s < nsl; ++s) acc += simd::load_part(part + s * size + i, m);
+        simd::store_part(out + i, acc, m);
+    }
+}
+
 // A: Ca rows of stride As (a multiple of 16, 64-byte aligned), zero past the valid grid;
 // Qr a multiple of 16. Work items: (q-slice, block of rows of A), each summing its blocks
 // as 16-lane partials over the slice, chunk by chunk, and reducing them once at the end;
@@ -796,14 +807,7 @@ inline void dot_conv(const float* A, int64_t As, int64_t Ca, const float* B, int
                         P[((a0 + j) * Cb + b0 + i) * nt + t] = hsum16(vp[((b * nt + t) * kCA + j) * kCBW + i]);
         }
     }
-    if (nsl > 1) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < size; ++i) {
-            float acc = part[i];
-            for (int64_t s = 1; s < nsl; ++s) acc += part[s * size + i];
-            dw[i] = acc;
-        }
-    }
+    if (nsl > 1) sum_slices(part, nsl, size, dw);
 }
 
 // r[k][l] <- r[l][k]: a 16 x 16 block of floats transposed in registers (4 rounds of shuffles).
@@ -829,6 +833,27 @@ inline void transpose_rows(const float* src, int64_t R, int64_t ss, int64_t T, f
             transpose16(r);
             for (int k = 0; k < 16; ++k) simd::store16(dst + (t0 + k) * ds + r0, r[k]);
         }
+}
+
+// The same products as 16-lane dot products (dot_block over blocks of kCA x kCBW rows), one
+// lane sum per pair.
+inline void dots_lanes(const float* A, int64_t Ra, int64_t As, const float* B, int64_t Rb, int64_t Bs, int64_t nq,
+                       float* out, int64_t os) {
+    const int64_t nca = (Ra + kCA - 1) / kCA, ncb = (Rb + kCBW - 1) / kCBW;
+    v16 vp[kCA * kCBW];
+    for (int64_t a = 0; a < nca; ++a) {
+        int64_t a0;
+        int na;
+        channel_block(Ra, kCA, a, a0, na);
+        for (int64_t b = 0; b < ncb; ++b) {
+            int64_t b0;
+            int nb;
+            channel_block(Rb, kCBW, b, b0, nb);
+            dot_blocks(na, nb, A + a0 * As, As, B + b0 * Bs, Bs, 0, nq, true, vp);
+            for (int j = 0; j < na; ++j)
+                for (int i = 0; i < nb; ++i) out[(a0 + j) * os + b0 + i] = hsum16(vp[j * kCBW + i]);
+        }
+    }
 }
 
 // ---- Winograd F(2x2, 3x3): the 2D 3x3 layers at stride 1, padding 1, dilation 1
@@ -936,6 +961,32 @@ inline void panel_gemm(int nc, int tv, const float* B, int64_t Bs, int64_t K, co
         case 4: return winograd_gemm_tv<4>(tv, B, Bs, K, a, out, as);
         case 5: return winograd_gemm_tv<5>(tv, B, Bs, K, a, out, as);
         default: return winograd_gemm_tv<6>(tv, B, Bs, K, a, out, as);
+    }
+}
+
+// out[i*os + j] = sum over q < nq (a multiple of 16) of A[i*As + q] * B[j*Bs + q] for i < Ra,
+// j < Rb, as a GEMM: A and B transposed into At (nq x ceil16(Ra)) and Bt (nq x ceil16(Rb))
+// in tmp (dots_gemm_floats), then gemm_tile with kCB rows of A broadcast per q and Bt's
+// columns along the vector. For short q (< 512) and many rows the 16-lane dot products'
+// per-pair lane sums cost more than the FMAs.
+inline int64_t dots_gemm_floats(int64_t Ra, int64_t Rb, int64_t nq) { return nq * ((Ra + 15) / 16 + (Rb + 15) / 16) * 16; }
+inline void dots_as_gemm(const float* A, int64_t Ra, int64_t As, const float* B, int64_t Rb, int64_t Bs, int64_t nq,
+                         float* out, int64_t os, float* tmp) {
+    const int64_t Rap = (Ra + 15) / 16 * 16, Rbp = (Rb + 15) / 16 * 16, nblk = (Ra + kCB - 1) / kCB;
+    float *Bt = tmp, *At = tmp + nq * Rbp;
+    transpose_rows(B, Rb, Bs, nq, Bt, Rbp);
+    transpose_rows(A, Ra, As, nq, At, Rap);
+    alignas(64) float tile[kCB * 64];
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+        int64_t a0;
+        int na;
+        channel_block(Ra, kCB, blk, a0, na);
+        for (int64_t v0 = 0; v0 < Rbp; v0 += 64) {
+            const int tv = (int)std::min<int64_t>(4, (Rbp - v0) / 16);
+            panel_gemm(na, tv, Bt + v0, Rbp, nq, At + a0, tile, Rap);
+            for (int j = 0; j < na; ++j)
+                std::memcpy(out + (a0 + j) * os + v0, tile + j * 64, 4 * std::min<int64_t>(64, Rb - v0));
+        }
     }
 }
 
@@ -1312,47 +1363,15 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     // V[xi] transposed into Zt (q x Cop) and Vt (q x Cip), without the per-pair lane sums
     // (256 -> 256 @8, 8 images: 2.7 -> 2.3 ms; at 512-tile slices the dots are faster).
     const bool as_gemm = SV < 32 && std::min(Ci, Co) >= 64;
-    const int64_t Cip = (Ci + 15) / 16 * 16, Cop = (Co + 15) / 16 * 16, nblk = (Co + kCB - 1) / kCB;
-    const int64_t nca = (Co + kCA - 1) / kCA, ncb = (Ci + kCBW - 1) / kCBW;
     auto products = [&](int64_t s, int xi, const float* V, float* Vt) {
         const int64_t nq = std::min(SV, nv - s * SV) * 16;
         const float* X = V + xi * Ci * Vc;
         const float* Zx = V + NC * Ci * Vc + xi * Co * Vc;
         float* P = part + s * size + xi * Co * Ci;
-        if (!as_gemm) {
-            v16 vp[kCA * kCBW];
-            for (int64_t a = 0; a < nca; ++a) {
-                int64_t a0;
-                int na;
-                channel_block(Co, kCA, a, a0, na);
-                for (int64_t b = 0; b < ncb; ++b) {
-                    int64_t b0;
-                    int nb;
-                    channel_block(Ci, kCBW, b, b0, nb);
-                    dot_blocks(na, nb, Zx + a0 * Vc, Vc, X + b0 * Vc, Vc, 0, nq, true, vp);
-                    for (int j = 0; j < na; ++j)
-                        for (int i = 0; i < nb; ++i) P[(a0 + j) * Ci + b0 + i] = hsum16(vp[j * kCBW + i]);
-                }
-            }
-            return;
-        }
-        float* Zt = Vt + SV * 16 * Cip;
-        transpose_rows(X, Ci, Vc, nq, Vt, Cip);
-        transpose_rows(Zx, Co, Vc, nq, Zt, Cop);
-        alignas(64) float tile[kCB * 64];
-        for (int64_t blk = 0; blk < nblk; ++blk) {
-            int64_t c0;
-            int nc;
-            channel_block(Co, kCB, blk, c0, nc);
-            for (int64_t v0 = 0; v0 < Cip; v0 += 64) {
-                const int tv = (int)std::min<int64_t>(4, (Cip - v0) / 16);
-                panel_gemm(nc, tv, Vt + v0, Cip, nq, Zt + c0, tile, Cop);
-                for (int j = 0; j < nc; ++j)
-                    std::memcpy(P + (c0 + j) * Ci + v0, tile + j * 64, 4 * std::min<int64_t>(64, Ci - v0));
-            }
-        }
+        if (!as_gemm) return dots_lanes(Zx, Co, Vc, X, Ci, Vc, nq, P, Ci);
+        dots_as_gemm(Zx, Co, Vc, X, Ci, Vc, nq, P, Ci, Vt);
     };
-    const int64_t gemm_floats = as_gemm ? SV * 16 * (Cip + Cop) : 16;
+    const int64_t gemm_floats = as_gemm ? dots_gemm_floats(Co, Ci, SV * 16) : 16;
     if (nsl >= 2 * host_threads()) {   // a slice per thread
 #pragma omp parallel for schedule(dynamic)
         for (int64_t s = 0; s < nsl; ++s) {
@@ -1588,7 +1607,12 @@ inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const f
 
 inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const float* x2, int64_t C1, float* dw) {
     const Patch pt(CUNET_CONV_ARGS, Ci * KD * KH * KW + Co);
-    const int64_t So = Do * Ho * Wo, size = Co * pt.K, nca = (Co + kCA - 1) / kCA, ncb = (pt.K + kCBW - 1) / kCBW;
+    const int64_t So = Do * Ho * Wo, size = Co * pt.K;
+    // short strips of many channels: the products as a GEMM (dots_as_gemm). 2x2 stride 2,
+    // 8 images, 128 -> 256 channels to 8 x 8 (64 voxels per strip): 1.86 -> 0.89 ms; at 256
+    // voxels (64 -> 128 to 16 x 16) the lane sums were still 5% faster
+    const bool as_gemm = pt.nq16 < 256 && std::min(Co, pt.K) >= 64;
+    const int64_t gemm_floats = as_gemm ? dots_gemm_floats(Co, pt.K, pt.nq16) : 16;
     float* part = scratch(2, pt.nstrip * size);
 #pragma omp parallel for schedule(dynamic)
     for (int64_t s = 0; s < pt.nstrip; ++s) {
@@ -1601,29 +1625,10 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
         const int64_t nq16 = (nq + 15) / 16 * 16;   // this strip's (the last may be shorter)
         float* P = part + s * size;
-        v16 vp[kCA * kCBW];
-        for (int64_t a = 0; a < nca; ++a) {
-            int64_t a0;
-            int na;
-            channel_block(Co, kCA, a, a0, na);
-            for (int64_t bb = 0; bb < ncb; ++bb) {
-                int64_t b0;
-                int nb;
-                channel_block(pt.K, kCBW, bb, b0, nb);
-                const float* A = Ds + a0 * pt.nq16;
-                const float* B = Xs + b0 * Xst;
-                dot_blocks(na, nb, A, pt.nq16, B, Xst, 0, nq16, true, vp);
-                for (int j = 0; j < na; ++j)
-                    for (int i = 0; i < nb; ++i) P[(a0 + j) * pt.K + b0 + i] = hsum16(vp[j * kCBW + i]);
-            }
-        }
+        if (as_gemm) dots_as_gemm(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K, worker_scratch(2, gemm_floats));
+        else dots_lanes(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K);
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < size; ++i) {
-        float acc = part[i];
-        for (int64_t s = 1; s < pt.nstrip; ++s) acc += part[s * size + i];
-        dw[i] = acc;
-    }
+    sum_slices(part, pt.nstrip, size, dw);
 }
 
 // The buffer of x read by forward and weight gradient, and each tap's offset into it:

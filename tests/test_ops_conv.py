@@ -85,6 +85,8 @@ CONV = [
     ((4, 64), 2, 3, 5, 2, 2, 0, 1),
     ((4, 6, 40), 1, 3, 4, 2, 2, 0, 1),
     ((32, 64), 2, 200, 3, 2, 2, 0, 1),
+    # ... short strips of >= 64 channels: the weight gradient as a GEMM over transposed strips
+    ((8, 8), 2, 17, 65, 2, 2, 0, 1),
 ]
 
 
@@ -133,6 +135,7 @@ CONVT = [
     # the UNet's up-sampling (2x2 stride 2): column pairs written interleaved, 16+ wide rows
     ((4, 32), 2, 6, 4, 2, 2, 0, 0),
     ((2, 2, 20), 1, 5, 3, 2, 2, 0, 0),
+    ((4, 4), 2, 70, 33, 2, 2, 0, 0),   # the weight gradient's GEMM form (16 voxels, 70 x 132 products)
 ]
 
 
