@@ -81,8 +81,11 @@ CUNET_API void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, con
 CUNET_API void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* w, const float* b,
                                       float* dx, float* dx2, const float* mask = nullptr, int precision = 0,
                                       void* stream = nullptr);
+// db: null, or (Co,) for the bias gradient (channel_sum of dy) as well, fused into the CPU
+// variants' Winograd and patch weight gradients (which read dy anyway), else a channel_sum.
 CUNET_API void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x,
-                                        const float* x2, float* dw, int precision = 0, void* stream = nullptr);
+                                        const float* x2, float* dw, int precision = 0, void* stream = nullptr,
+                                        float* db = nullptr);
 CUNET_API int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K);   // K per split-K slice (CuPy path)
 CUNET_API void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, void* stream = nullptr);
 

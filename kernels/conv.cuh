@@ -1334,7 +1334,7 @@ inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int
 // dot products over the slice's tiles per (co, ci) (dot_block, 16-lane partials, reduced
 // once per slice); the slices' sums are added in slice order.
 inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* dy,
-                                const float* x, int64_t C1, const float* x2, float* dw) {
+                                const float* x, int64_t C1, const float* x2, float* dw, float* db) {
     const WinoGeom q(N, 1, H, W);
     constexpr int NC = 16;
     const int64_t nv = q.nv, S = H * W;
@@ -1343,7 +1343,8 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
     const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co)));
     const int64_t nsl = (nv + SV - 1) / SV, size = NC * Co * Ci, Vc = 16 * SV;
-    float* part = scratch(2, nsl * size);
+    float* part = scratch(2, nsl * size + (db ? nsl * Co : 0));
+    float* dbpart = part + nsl * size;   // (nsl, Co) with db
     // slice s: transform channel c (x's for c < Ci, then dy's) into V[xi][ci][16*SV] / Z[xi][co][16*SV]
     auto transform = [&](int64_t s, int64_t c, const Tiles& tl, float* V) {
         const int64_t nvs = std::min(SV, nv - s * SV);
@@ -1351,10 +1352,17 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             for (int64_t v = 0; v < nvs; ++v)
                 winograd_input(B ? B + c * q.Bs : nullptr, q.Hp, q.Wp, H, W, q.G, tl, 16 * v,
                                [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, S); }, V + c * Vc + 16 * v, Ci * Vc);
-        else
+        else {
+            float* Z = V + NC * Ci * Vc + (c - Ci) * Vc;
             for (int64_t v = 0; v < nvs; ++v)
                 winograd_grad_tile(H, W, q.G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * S; },
-                                   V + NC * Ci * Vc + (c - Ci) * Vc + 16 * v, Co * Vc);
+                                   Z + 16 * v, Co * Vc);
+            if (db) {   // the bias gradient's slice sum: component 5 (1, 1) of A dY A^T is the tile's sum
+                v16 acc = v16{};
+                for (int64_t v = 0; v < nvs; ++v) acc += load16(Z + 5 * Co * Vc + 16 * v);
+                dbpart[s * Co + c - Ci] = hsum16(acc);
+            }
+        }
     };
     // slice s, component xi: part[s][xi] (Co x Ci), the 16-tile dot products of Z[xi] (Co x q)
     // and V[xi] (Ci x q). Few channels: dot_block over blocks of rows (16-lane partials reduced
@@ -1396,6 +1404,12 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             }
         }
     }
+    if (db)
+        for (int64_t co = 0; co < Co; ++co) {
+            float acc = dbpart[co];
+            for (int64_t sl = 1; sl < nsl; ++sl) acc += dbpart[sl * Co + co];
+            db[co] = acc;
+        }
     // sum the slices in order, then G^T along y and x: 4 x 4 -> 3 x 3, 16 (co, ci) pairs per
     // vector (the pairs' 9 taps are contiguous in dw: written through a 16 x 9 block)
     const int64_t pairs = Co * Ci;
@@ -1605,7 +1619,8 @@ inline void patch_data(CUNET_CONV_DIMS, const float* dy, const float* w, const f
     }
 }
 
-inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const float* x2, int64_t C1, float* dw) {
+inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const float* x2, int64_t C1, float* dw,
+                         float* db) {
     const Patch pt(CUNET_CONV_ARGS, Ci * KD * KH * KW + Co);
     const int64_t So = Do * Ho * Wo, size = Co * pt.K;
     // short strips of many channels: the products as a GEMM (dots_as_gemm). 2x2 stride 2,
@@ -1613,7 +1628,8 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
     // voxels (64 -> 128 to 16 x 16) the lane sums were still 5% faster
     const bool as_gemm = pt.nq16 < 256 && std::min(Co, pt.K) >= 64;
     const int64_t gemm_floats = as_gemm ? dots_gemm_floats(Co, pt.K, pt.nq16) : 16;
-    float* part = scratch(2, pt.nstrip * size);
+    float* part = scratch(2, pt.nstrip * size + (db ? pt.nstrip * Co : 0));
+    float* dbpart = part + pt.nstrip * size;   // (nstrip, Co) with db
 #pragma omp parallel for schedule(dynamic)
     for (int64_t s = 0; s < pt.nstrip; ++s) {
         int64_t n, r0, nq;
@@ -1624,11 +1640,18 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
         patch_input(CUNET_CONV_ARGS, pt, x, x2, C1, n, r0, nq, Xs, Xst);
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
         const int64_t nq16 = (nq + 15) / 16 * 16;   // this strip's (the last may be shorter)
+        if (db)   // the strip's dy sums (DY' is zero past nq)
+            for (int64_t co = 0; co < Co; ++co) {
+                v16 acc = v16{};
+                for (int64_t q = 0; q < nq16; q += 16) acc += load16(Ds + co * pt.nq16 + q);
+                dbpart[s * Co + co] = hsum16(acc);
+            }
         float* P = part + s * size;
         if (as_gemm) dots_as_gemm(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K, worker_scratch(2, gemm_floats));
         else dots_lanes(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K);
     }
     sum_slices(part, pt.nstrip, size, dw);
+    if (db) sum_slices(dbpart, pt.nstrip, Co, db);
 }
 
 // The buffer of x read by forward and weight gradient, and each tap's offset into it:
@@ -1780,16 +1803,18 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
             }
 }
 
-inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw,
-                                      int64_t C1, const float* x2) {
+// db (null, or Co floats): the bias gradient (dy summed over N and space) where the path
+// reads dy in tiles or strips anyway (Winograd, patch): true then, else false (db untouched).
+inline bool conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const float* x, float* dw,
+                                      int64_t C1, const float* x2, float* db = nullptr) {
     const int64_t nk = KD * KH * KW;
-    if (Co * Ci * nk == 0) return;
-    if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f);
+    if (Co * Ci * nk == 0) return false;
+    if (N * Do * Ho * Wo == 0) return std::fill(dw, dw + Co * Ci * nk, 0.0f), false;
     // 2D only: in 3D the 64 components' transforms and short dot products cost more than
     // the direct weight gradient (1.2-1.6x its time at 8-64 channels)
     if (winograd_dims(CUNET_CONV_ARGS) == 2 && N * ((H + 1) / 2) * ((W + 1) / 2) >= kWinogradWgradTiles)
-        return winograd_conv_wgrad(N, Ci, Co, H, W, dy, x, C1, x2, dw);
-    if (patch_fits(CUNET_CONV_ARGS)) return patch_weight(CUNET_CONV_ARGS, dy, x, x2, C1, dw);
+        return winograd_conv_wgrad(N, Ci, Co, H, W, dy, x, C1, x2, dw, db), db != nullptr;
+    if (patch_fits(CUNET_CONV_ARGS)) return patch_weight(CUNET_CONV_ARGS, dy, x, x2, C1, dw, db), db != nullptr;
     std::vector<int64_t> off;
     const Copy g = read_copy(CUNET_CONV_ARGS, off);
     const int64_t Bs = g.phases() * N * g.L(), Q = N * g.L(), Qr = (Q + 15) / 16 * 16, slack = g.L() + kChunk + 16;
@@ -1801,6 +1826,7 @@ inline void conv_backward_weight_host(CUNET_CONV_DIMS, const float* dy, const fl
     float* A = scratch(1, Co * Qr);
     make_copy(dy, N, Co, ga, A, Qr, 0);
     dot_conv(A, Qr, Co, B, Bs, Ci, off.data(), (int)nk, Qr, dw);
+    return false;
 }
 
 }  // namespace cunet::conv_host
@@ -1908,20 +1934,48 @@ inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy,
     CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2);
     if (mask) CUNET_LAUNCH_LOOP(::conv_relu_mask, N * Ci * D * H * W, s, N * Ci * D * H * W, mask, dx);
 }
-inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
-                                     float* dw, int precision = 0, Stream s = 0) {
-    conv_check_precision(precision);
-    const int64_t M = Co, Nn = Ci * KD * KH * KW, K = N * Do * Ho * Wo;
-    if (M * Nn == 0) return;
+inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {
 #if defined(CUNET_HOST)
-    if (!emulate_blocks()) {
-        if (host_variants()) return conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw, C1, x2);
-        std::vector<float> cat;
-        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
-        CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
+    if (host_variants()) {   // one thread per channel, rows summed with vector partial sums
+#pragma omp parallel for schedule(static) if (N * C * S > 32768)
+        for (int64_t c = 0; c < C; ++c) {
+            double acc = 0.0;
+            for (int64_t n = 0; n < N; ++n) {
+                const float* row = x + (n * C + c) * S;
+                float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+                for (int64_t i = 0; i < S; ++i) part += row[i];
+                acc += part;
+            }
+            out[c] = (float)acc;
+        }
         return;
     }
 #endif
+    CUNET_LAUNCH(::channel_sum, dim3(C), dim3(coop_block()), s, N, C, S, x, out);
+}
+
+// db (null, or Co floats): also the bias gradient, channel_sum(dy), fused into the CPU
+// variants' Winograd and patch weight gradients (which read dy anyway).
+inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
+                                     float* dw, int precision = 0, Stream s = 0, float* db = nullptr) {
+    conv_check_precision(precision);
+    const int64_t M = Co, Nn = Ci * KD * KH * KW, K = N * Do * Ho * Wo;
+    auto bias = [&] { if (db) channel_sum(N, Co, Do * Ho * Wo, dy, db, s); };
+    if (M * Nn == 0) return bias();
+#if defined(CUNET_HOST)
+    if (!emulate_blocks()) {
+        if (host_variants()) {
+            if (!conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw, C1, x2, db)) bias();
+            return;
+        }
+        std::vector<float> cat;
+        if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
+        CUNET_LAUNCH(::conv_backward_weight, dim3(M * Nn), dim3(coop_block()), s, CUNET_CONV_ARGS, dy, x, dw);
+        return bias();
+    }
+#endif
+    bias();
     const int64_t k_slice = conv_wgrad_slice(M, Nn, K), slices = std::max<int64_t>(1, (K + k_slice - 1) / k_slice);
     const unsigned grid = conv_tiles(M, Nn, K) * (unsigned)slices;
     float* part = dw;   // (slices, M, Nn) partial sums when K is split
@@ -1952,26 +2006,6 @@ inline void conv_backward_weight(CUNET_CONV_DIMS, const float* dy, const float* 
     conv_backward_weight_cat(CUNET_CONV_ARGS, Ci, dy, x, nullptr, dw, precision, s);
 }
 #undef CUNET_CONV_LAUNCH_TILED
-inline void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, Stream s = 0) {
-#if defined(CUNET_HOST)
-    if (host_variants()) {   // one thread per channel, rows summed with vector partial sums
-#pragma omp parallel for schedule(static) if (N * C * S > 32768)
-        for (int64_t c = 0; c < C; ++c) {
-            double acc = 0.0;
-            for (int64_t n = 0; n < N; ++n) {
-                const float* row = x + (n * C + c) * S;
-                float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-                for (int64_t i = 0; i < S; ++i) part += row[i];
-                acc += part;
-            }
-            out[c] = (float)acc;
-        }
-        return;
-    }
-#endif
-    CUNET_LAUNCH(::channel_sum, dim3(C), dim3(coop_block()), s, N, C, S, x, out);
-}
 
 }  // namespace cunet
 #endif

@@ -25,8 +25,8 @@ void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const 
     cunet::conv_backward_data_cat(CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2, mask, precision, stream_of(s));
 }
 void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, const float* x, const float* x2,
-                              float* dw, int precision, void* s) {
-    cunet::conv_backward_weight_cat(CUNET_CONV_ARGS, C1, dy, x, x2, dw, precision, stream_of(s));
+                              float* dw, int precision, void* s, float* db) {
+    cunet::conv_backward_weight_cat(CUNET_CONV_ARGS, C1, dy, x, x2, dw, precision, stream_of(s), db);
 }
 int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K) { return cunet::conv_wgrad_slice(M, Nn, K); }
 void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, void* s) {

@@ -54,9 +54,14 @@ def _data(dims, c1, dy, w, b, dx, dx2, precision, mask=None):
             run("conv_relu_mask", loop(dx.size), dx.size, mask, dx)
 
 
-def _weight(dims, c1, dy, x, x2, dw, precision):
+def _weight(dims, c1, dy, x, x2, dw, precision, db=None):
+    """db: None, or an array (Co,) for the bias gradient of dy too (fused into the CPU
+    variants' Winograd and patch weight gradients, which read dy anyway)."""
     if not is_cupy(dy):
-        return run("conv_backward_weight", None, *dims, c1, dy, x, x2, dw, PRECISION_CODE[precision])
+        return run("conv_backward_weight", None, *dims, c1, dy, x, x2, dw, db, PRECISION_CODE[precision])
+    if db is not None:
+        n, c, s = ncs(dy)
+        run("channel_sum", coop(c), n, c, s, dy, db)
     m, nn, k = dims[2], dims[1] * prod(dims[9:12]), dims[0] * prod(dims[6:9])
     if dw.size == 0:
         return
@@ -113,8 +118,8 @@ def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, precision="fp32", x
         dx = empty(x, x.shape)
         dx2 = None if x2 is None else empty(x2, x2.shape)
         _data(dims, x.shape[1], dy, w, None, dx, dx2, precision, x if relu_input else None)
-    _weight(dims, x.shape[1], dy, x, x2, dw, precision)
-    db = channel_sum(dy)
+    db = empty(x, (w.shape[0],))
+    _weight(dims, x.shape[1], dy, x, x2, dw, precision, db)
     return (dx, dw, db) if x2 is None else (dx, dx2, dw, db)
 
 
