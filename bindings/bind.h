@@ -13,10 +13,39 @@
 #endif
 
 namespace py = pybind11;
-using P = uintptr_t;   // a raw pointer passed from Python as an integer
-inline const float* cf(P p) { return reinterpret_cast<const float*>(p); }
-inline float* f(P p) { return reinterpret_cast<float*>(p); }
-template <class T> inline T* ptr(P p) { return reinterpret_cast<T*>(p); }
+// A raw pointer from Python: None (null), an int (an address), or an object with the buffer
+// protocol, a contiguous NumPy array, whose data pointer is read without the ctypes objects
+// `a.ctypes.data` builds (about 20 us per kernel call in cunet._ops.core.run).
+struct P {
+    uintptr_t v = 0;
+};
+namespace pybind11::detail {
+template <>
+struct type_caster<P> {
+    PYBIND11_TYPE_CASTER(P, const_name("pointer"));
+    bool load(handle src, bool) {
+        if (src.is_none()) return value.v = 0, true;
+        if (PyLong_Check(src.ptr())) {
+            value.v = (uintptr_t)PyLong_AsUnsignedLongLong(src.ptr());
+            if (!PyErr_Occurred()) return true;
+            PyErr_Clear();
+            return false;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(src.ptr(), &view, PyBUF_ANY_CONTIGUOUS) != 0) {
+            PyErr_Clear();
+            return false;
+        }
+        value.v = reinterpret_cast<uintptr_t>(view.buf);
+        PyBuffer_Release(&view);
+        return true;
+    }
+    static handle cast(P, return_value_policy, handle) { return none().release(); }
+};
+}  // namespace pybind11::detail
+inline const float* cf(P p) { return reinterpret_cast<const float*>(p.v); }
+inline float* f(P p) { return reinterpret_cast<float*>(p.v); }
+template <class T> inline T* ptr(P p) { return reinterpret_cast<T*>(p.v); }
 
 #define CUNET_DEF(name, ...) m.def(#name, __VA_ARGS__, py::call_guard<py::gil_scoped_release>())
 

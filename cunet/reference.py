@@ -17,6 +17,8 @@ running statistics, optimizer moments) update those arrays in place, as the kern
 Argument checks live in the `_*_args` helpers below; `cunet.ops` calls the same
 helpers, so both raise the same errors.
 """
+import math
+
 import numpy as np
 
 from cunet import _check
@@ -168,8 +170,8 @@ def _maxpool_backward_args(dy, argmax, x_shape):
     _check.same_device("argmax", argmax, "dy", dy)
     if tuple(dy.shape[:2]) != x_shape[:2]:
         raise ValueError(f"dy: expected batch and channels {x_shape[:2]} (from x_shape), got {tuple(dy.shape[:2])}")
-    plane = int(np.prod(x_shape[2:]))
-    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
+    plane = int(math.prod(x_shape[2:]))
+    if argmax.size and _check.values_checked() and (int(argmax.min()) < 0 or int(argmax.max()) >= plane):
         raise ValueError(f"argmax: values must lie in [0, {plane}), found {int(argmax.min())}..{int(argmax.max())}")
     return x_shape, plane
 

@@ -11,6 +11,7 @@ of that name in the family's RawModule, compiled by NVRTC, launched with `geomet
     coop(g)    cooperative kernel: g blocks of K_BLOCK threads (kernels/portable.cuh kBlock)
 """
 import functools
+import math
 import os
 import sys
 import re
@@ -87,8 +88,8 @@ def is_cupy(a):
 
 def run(name, geometry, *args):
     first = next(a for a in args if hasattr(a, "dtype") and hasattr(a, "shape"))
-    if not is_cupy(first):
-        getattr(native(), name)(*[a.ctypes.data if isinstance(a, np.ndarray) else 0 if a is None else a for a in args])
+    if not is_cupy(first):   # the binding takes arrays (their data pointer) and None (null) as they are
+        getattr(native(), name)(*args)
         return
     grid, block = geometry
     conv = []
@@ -125,7 +126,7 @@ class _HostPool:
 
     def get(self, shape, dtype):
         dtype = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = math.prod(shape) * dtype.itemsize
         if size < self.MIN or size > self.CAP:
             return np.empty(shape, dtype)
         same = self.arrays.setdefault((size, dtype.str), [])
@@ -182,7 +183,7 @@ def f32_all(**arrays):
 
 def ncs(a):
     """(N, C, S) of an (N, C, *spatial) array, S = prod(spatial): the kernels' flat layout."""
-    return a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64))
+    return a.shape[0], a.shape[1], math.prod(a.shape[2:])
 
 
 def set_host_variants(on):

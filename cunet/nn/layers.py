@@ -10,7 +10,7 @@ NumPy arrays run cunet.reference (the oracle: used to check whole models).
 """
 import numpy as np
 
-from cunet import ops, reference
+from cunet import _check, ops, reference
 
 
 def F(a):
@@ -147,7 +147,8 @@ class MaxPool(Layer):
 
     def backward(self, dy, out=None):
         """out: a gradient of the pool's input to add into (in place, returned)."""
-        dx = F(dy).maxpool_backward(dy, self.argmax, self.shape, out=out)
+        with _check.value_checks(False):   # argmax is forward's own: its range check (a pass over it) skipped
+            dx = F(dy).maxpool_backward(dy, self.argmax, self.shape, out=out)
         self.argmax = None
         return dx
 
