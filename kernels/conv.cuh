@@ -1343,6 +1343,9 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
     const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co)));
     const int64_t nsl = (nv + SV - 1) / SV, size = NC * Co * Ci, Vc = 16 * SV;
+    // component strides of V (x: Ci rows of Vc) and Z (dy: Co rows), off multiples of 4 KiB
+    // (the 16 components of a tile are stored at once: same-set stores otherwise)
+    const int64_t XS = Ci * Vc + (Ci * Vc / 16 % 2 == 0 ? 16 : 0), ZS = Co * Vc + (Co * Vc / 16 % 2 == 0 ? 16 : 0);
     float* part = scratch(2, nsl * size + (db ? nsl * Co : 0));
     float* dbpart = part + nsl * size;   // (nsl, Co) with db
     // slice s: transform channel c (x's for c < Ci, then dy's) into V[xi][ci][16*SV] / Z[xi][co][16*SV]
@@ -1351,15 +1354,15 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
         if (c < Ci)
             for (int64_t v = 0; v < nvs; ++v)
                 winograd_input(B ? B + c * q.Bs : nullptr, q.Hp, q.Wp, H, W, q.G, tl, 16 * v,
-                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, S); }, V + c * Vc + 16 * v, Ci * Vc);
+                               [&](int64_t n) { return plane_of(x, x2, C1, Ci, n, c, S); }, V + c * Vc + 16 * v, XS);
         else {
-            float* Z = V + NC * Ci * Vc + (c - Ci) * Vc;
+            float* Z = V + NC * XS + (c - Ci) * Vc;
             for (int64_t v = 0; v < nvs; ++v)
                 winograd_grad_tile(H, W, q.G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * S; },
-                                   Z + 16 * v, Co * Vc);
+                                   Z + 16 * v, ZS);
             if (db) {   // the bias gradient's slice sum: component 5 (1, 1) of A dY A^T is the tile's sum
                 v16 acc = v16{};
-                for (int64_t v = 0; v < nvs; ++v) acc += load16(Z + 5 * Co * Vc + 16 * v);
+                for (int64_t v = 0; v < nvs; ++v) acc += load16(Z + 5 * ZS + 16 * v);
                 dbpart[s * Co + c - Ci] = hsum16(acc);
             }
         }
@@ -1373,8 +1376,8 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     const bool as_gemm = SV < 32 && std::min(Ci, Co) >= 64;
     auto products = [&](int64_t s, int xi, const float* V, float* Vt) {
         const int64_t nq = std::min(SV, nv - s * SV) * 16;
-        const float* X = V + xi * Ci * Vc;
-        const float* Zx = V + NC * Ci * Vc + xi * Co * Vc;
+        const float* X = V + xi * XS;
+        const float* Zx = V + NC * XS + xi * ZS;
         float* P = part + s * size + xi * Co * Ci;
         if (!as_gemm) return dots_lanes(Zx, Co, Vc, X, Ci, Vc, nq, P, Ci);
         dots_as_gemm(Zx, Co, Vc, X, Ci, Vc, nq, P, Ci, Vt);
@@ -1383,7 +1386,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     if (nsl >= 2 * host_threads()) {   // a slice per thread
 #pragma omp parallel for schedule(dynamic)
         for (int64_t s = 0; s < nsl; ++s) {
-            float* V = worker_scratch(0, NC * (Ci + Co) * Vc);
+            float* V = worker_scratch(0, NC * (XS + ZS));
             float* Vt = worker_scratch(1, gemm_floats);
             static thread_local Tiles tl;
             tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, q.T, q.Th, q.Tw);
@@ -1391,7 +1394,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             for (int xi = 0; xi < NC; ++xi) products(s, xi, V, Vt);
         }
     } else {   // few slices: the threads share each one
-        float* V = scratch(3, NC * (Ci + Co) * Vc);
+        float* V = scratch(3, NC * (XS + ZS));
         Tiles tl;
         for (int64_t s = 0; s < nsl; ++s) {
             tl.fill(s * Vc, std::min(SV, nv - s * SV) * 16, q.T, q.Th, q.Tw);
