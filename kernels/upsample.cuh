@@ -10,7 +10,7 @@
 //   upsample_nearest_backward(NC, D, H, W, SD, SH, SW, dy, dx)
 //   upsample_linear_forward(NC, D, H, W, SD, SH, SW, x, y)
 //   upsample_linear_backward(NC, D, H, W, SD, SH, SW, dy, dx)
-// Host build: the linear launchers run separable row-by-row CPU variants unless
+// Host build: the launchers run row-by-row CPU variants (linear: separable) unless
 // host_variants() is off.
 #pragma once
 #include "portable.cuh"
@@ -131,25 +131,100 @@ struct RowTaps {
     }
 };
 
+// Output columns 2i, 2i+1 of a row for SW = 2 (i < m, m a multiple of 16): 0.25 row[i-1] +
+// 0.75 row[i] and 0.75 row[i] + 0.25 row[i+1], 16 inputs per step, interleaved by shuffles;
+// rp[-1] = rp[0] and rp[m] = rp[m-1] at the row's ends (the clamped taps, the same values).
+inline void linear_row_x2(const float* rp, int64_t m, float* yr) {
+    using namespace simd;
+    const v16 a = splat(0.25f), b = splat(0.75f);
+    const v16i lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}, hi = lo + 8;
+    for (int64_t i = 0; i < m; i += 16) {
+        const v16 c = load16(rp + i), ev = a * load16(rp + i - 1) + b * c, od = b * c + a * load16(rp + i + 1);
+        store16(yr + 2 * i, __builtin_shuffle(ev, od, lo)), store16(yr + 2 * i + 16, __builtin_shuffle(ev, od, hi));
+    }
+}
+
 inline void upsample_linear_forward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
                                          int64_t SW, const float* x, float* y) {
     const LinearAxis az(D, SD), ay(H, SH), ax(W, SW);
-    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW;
+    const int64_t Do = D * SD, Ho = H * SH, Wo = W * SW, m = SW == 2 ? W / 16 * 16 : 0;   // vector columns
 #pragma omp parallel
     {
-        std::vector<float> row(W);
+        std::vector<float> buf(W + 2);   // the row with one clamped column either side
+        float* row = buf.data() + 1;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < NC * Do * Ho; ++r) {   // output row (nc, oz, oy)
             const int64_t oy = r % Ho, oz = (r / Ho) % Do, nc = r / (Ho * Do);
             const RowTaps t(az, ay, oz, oy, H, W);
-            std::fill(row.begin(), row.end(), 0.0f);
+            std::fill(row, row + W, 0.0f);
             for (int k = 0; k < 4; ++k) {
                 const float* xr = x + nc * D * H * W + t.row[k];
 #pragma omp simd
                 for (int64_t i = 0; i < W; ++i) row[i] += t.w[k] * xr[i];
             }
+            row[-1] = row[0], row[W] = row[W - 1];
             float* yr = y + r * Wo;
-            for (int64_t o = 0; o < Wo; ++o) yr[o] = (1.0f - ax.l[o]) * row[ax.i0[o]] + ax.l[o] * row[ax.i1[o]];
+            linear_row_x2(row, m, yr);
+            for (int64_t o = m * SW; o < Wo; ++o) yr[o] = (1.0f - ax.l[o]) * row[ax.i0[o]] + ax.l[o] * row[ax.i1[o]];
+        }
+    }
+}
+
+// Host variants of the nearest pair, per input row (nc, iz, iy): the forward builds its
+// output row once (SW = 2: lanes duplicated by shuffles) and copies it to the SD x SH rows
+// that repeat it; the backward sums those rows, then each input's SW columns.
+inline void upsample_nearest_forward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
+                                          int64_t SW, const float* x, float* y) {
+    using namespace simd;
+    const int64_t Ho = H * SH, Wo = W * SW, m = SW == 2 ? W / 16 * 16 : 0;
+    const v16i lo = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7}, hi = lo + 8;
+#pragma omp parallel for schedule(static) if (NC * D * H * Wo * SD * SH > 32768)
+    for (int64_t r = 0; r < NC * D * H; ++r) {   // input row (nc, iz, iy)
+        const int64_t iy = r % H, iz = (r / H) % D, nc = r / (H * D);
+        const float* xr = x + r * W;
+        float* y0 = y + ((nc * D + iz) * SD * Ho + iy * SH) * Wo;   // output row (nc, iz*SD, iy*SH)
+        for (int64_t i = 0; i < m; i += 16) {
+            const v16 v = load16(xr + i);
+            store16(y0 + 2 * i, __builtin_shuffle(v, lo)), store16(y0 + 2 * i + 16, __builtin_shuffle(v, hi));
+        }
+        for (int64_t i = m; i < W; ++i)
+            for (int64_t c = 0; c < SW; ++c) y0[i * SW + c] = xr[i];
+        for (int64_t a = 0; a < SD; ++a)
+            for (int64_t b = 0; b < SH; ++b)
+                if (a + b > 0) std::memcpy(y0 + (a * Ho + b) * Wo, y0, sizeof(float) * Wo);
+    }
+}
+
+inline void upsample_nearest_backward_host(int64_t NC, int64_t D, int64_t H, int64_t W, int64_t SD, int64_t SH,
+                                           int64_t SW, const float* dy, float* dx) {
+    using namespace simd;
+    const int64_t Ho = H * SH, Wo = W * SW, m = SW == 2 ? W / 16 * 16 : 0;
+    const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
+#pragma omp parallel if (NC * D * H * Wo * SD * SH > 32768)
+    {
+        std::vector<float> acc(Wo);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < NC * D * H; ++r) {   // input row (nc, iz, iy)
+            const int64_t iy = r % H, iz = (r / H) % D, nc = r / (H * D);
+            const float* d0 = dy + ((nc * D + iz) * SD * Ho + iy * SH) * Wo;
+            std::copy(d0, d0 + Wo, acc.begin());
+            for (int64_t a = 0; a < SD; ++a)
+                for (int64_t b = 0; b < SH; ++b) {
+                    if (a + b == 0) continue;
+                    const float* dr = d0 + (a * Ho + b) * Wo;
+#pragma omp simd
+                    for (int64_t o = 0; o < Wo; ++o) acc[o] += dr[o];
+                }
+            float* xr = dx + r * W;
+            for (int64_t i = 0; i < m; i += 16) {
+                const v16 p = load16(acc.data() + 2 * i), q = load16(acc.data() + 2 * i + 16);
+                store16(xr + i, __builtin_shuffle(p, q, ev) + __builtin_shuffle(p, q, od));
+            }
+            for (int64_t i = m; i < W; ++i) {
+                float s = 0.0f;
+                for (int64_t c = 0; c < SW; ++c) s += acc[i * SW + c];
+                xr[i] = s;
+            }
         }
     }
 }
@@ -195,8 +270,9 @@ inline void upsample_linear_backward_host(int64_t NC, int64_t D, int64_t H, int6
         host                                                                                               \
         CUNET_LAUNCH_LOOP(::name, count, s, NC, D, H, W, SD, SH, SW, in, out);                            \
     }
-CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_forward, NC * D * SD * H * SH * W * SW, )
-CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_backward, NC * D * H * W, )
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_forward, NC * D * SD * H * SH * W * SW,
+                        CUNET_UPSAMPLE_HOST(upsample_nearest_forward))
+CUNET_UPSAMPLE_LAUNCHER(upsample_nearest_backward, NC * D * H * W, CUNET_UPSAMPLE_HOST(upsample_nearest_backward))
 CUNET_UPSAMPLE_LAUNCHER(upsample_linear_forward, NC * D * SD * H * SH * W * SW,
                         CUNET_UPSAMPLE_HOST(upsample_linear_forward))
 CUNET_UPSAMPLE_LAUNCHER(upsample_linear_backward, NC * D * H * W, CUNET_UPSAMPLE_HOST(upsample_linear_backward))

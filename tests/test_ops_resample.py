@@ -54,7 +54,8 @@ def test_maxpool_ties_nan_and_negative_infinity_follow_the_reference(variant):
 
 
 UPS = [((1, 2, 3, 5), 2), ((3, 5, 4, 3), 3), ((2, 3, 3, 4), (2, 3)), ((1, 17, 5, 6), 2), ((2, 3, 1, 1), 3),
-       ((1, 2, 3, 2, 5), 2), ((3, 3, 2, 3, 3), (3, 2, 1)), ((1, 5, 3, 3, 2), 2)]
+       ((1, 2, 3, 2, 5), 2), ((3, 3, 2, 3, 3), (3, 2, 1)), ((1, 5, 3, 3, 2), 2),
+       ((2, 3, 4, 37), 2), ((1, 2, 3, 2, 20), 2), ((1, 2, 3, 32), (3, 2))]   # rows of 16-column vectors and a tail
 
 
 @pytest.mark.parametrize("device", DEVICES)
