@@ -5,8 +5,9 @@ slow; a PyTorch UNet without batch norm slowed ~2.5x after ~40 steps on this mac
 
 Trains the 2d-128 benchmark UNet (no batch norm, Adam, BCE) on real data (the nuclei
 tiles shipped in stardist, 128x128, batch 8) and prints the median step time of the
-first and last 20 steps, and how many denormal values the parameters, Adam moments and
-activations hold at the end.
+first and last 20 steps, how many denormal values the parameters, Adam moments and
+activations hold at the end, and the trained model's step time against a fresh model's,
+the two taking turns (the machine's drift cancels there).
 """
 import argparse
 import os
@@ -42,7 +43,7 @@ def main():
             t = time.perf_counter()
             opt.zero_grad()
             value, dl = loss(model.forward(x), y)
-            model.backward(dl)
+            model.backward(dl, input_grad=False)   # as cunet.train does
             opt.step()
             times.append(time.perf_counter() - t)
             step += 1
@@ -55,6 +56,30 @@ def main():
           f"(ratio {last / first:.2f}); final loss {value:.4f}")
     print(f"denormals: params {denormals(model.params)}, Adam m {denormals(opt.state['m'])}, "
           f"v {denormals(opt.state['v'])}, grads {denormals(model.grads)}, logits {denormals(logits)}")
+    # the trained model against a fresh one, steps taking turns on one full batch: the
+    # machine's speed drifts between the first and the last steps above, here it cancels
+    x, y = next(src.batches(0))
+    fresh = cunet.UNet(dims=2, in_channels=1, out_channels=1, base=16, depth=4, seed=0)
+    fresh_opt = optim.Adam(fresh, lr=1e-3)
+
+    def one(m, o):
+        t = time.perf_counter()
+        o.zero_grad()
+        _, d = loss(m.forward(x), y)
+        m.backward(d, input_grad=False)
+        o.step()
+        return time.perf_counter() - t
+
+    trained, new = [], []
+    for i in range(20):   # which goes first alternates
+        if i % 2:
+            trained.append(one(model, opt))
+        new.append(one(fresh, fresh_opt))
+        if i % 2 == 0:
+            trained.append(one(model, opt))
+    a, b = np.median(trained), np.median(new)
+    print(f"interleaved, 20 steps each: trained {a * 1e3:.0f} ms/step, fresh {b * 1e3:.0f} ms/step "
+          f"(ratio {a / b:.2f})")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,24 @@ def test_extreme_logits_and_label_dtypes():
         check(O.dice_ce_loss(z, y.astype(dt)), R.dice_ce_loss(z.astype(F64), y), "cpu")
 
 
+def test_denormal_gradients_are_zero(variant):
+    # confidently right logits: BCE's (p - g)/count and CE's p/count fall below FLT_MIN; the
+    # kernels write 0 there (a denormal slows every later multiply on x86), normal ones stay
+    tiny = np.finfo(np.float32).tiny
+    z = np.full((2, 1, 32, 32), -85.0, np.float32)   # p = exp(-85) ~ 1.2e-37, / 2048 elements
+    z[0, 0, 0, 0] = -5.0   # a normal gradient, ~3e-6
+    _, dz = O.bce_with_logits(z, np.zeros_like(z))
+    assert dz[0, 0, 0, 0] > 1e-6 and (dz.flat[1:] == 0).all()
+    _, rdz = R.bce_with_logits(z.astype(F64), np.zeros(z.shape))
+    assert 0 < np.abs(rdz.flat[1:]).max() < tiny   # the reference keeps the denormals
+    z = np.zeros((2, 2, 32, 32), np.float32)
+    z[:, 1] = -90.0   # class 1 far below class 0, the label: p1 ~ exp(-90)
+    z[0, 1, 0, 0] = -5.0
+    _, dz = O.cross_entropy(z, np.zeros((2, 32, 32), np.int64))
+    assert np.abs(dz[0, :, 0, 0]).min() > 1e-6
+    assert not ((np.abs(dz) < tiny) & (dz != 0)).any()
+
+
 # every cooperative kernel (pass 1, finalize) both ways the host runs it; sizes span several blocks
 # of pass 1 (2048 items each) and, with K = 9, two class tiles, within 20k elements
 @pytest.mark.parametrize("variant", ["class", "voxel"])
