@@ -1330,9 +1330,10 @@ inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int
 
 // Weight gradient of the layers winograd_conv computes: dw = G^T [sum over tiles of
 // (A dY A^T) ⊙ (B^T d B)] G per (co, ci). The tiles are cut into slices fixed by the shape
-// (deterministic): per slice one thread transforms x and dy (V, Z: in L2) and takes the 16
-// dot products over the slice's tiles per (co, ci) (dot_block, 16-lane partials, reduced
-// once per slice); the slices' sums are added in slice order.
+// (deterministic): per slice one thread (or both, for few slices) transforms x and dy (V, Z:
+// in L2) and takes the 16 products over the slice's tiles per (co, ci) (dots_lanes, or
+// dots_as_gemm for short slices); the slices' sums are added in slice order. db (null or
+// Co floats): the bias gradient too, from component 5 of the dy tiles (the 2x2 tile sum).
 inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, int64_t W, const float* dy,
                                 const float* x, int64_t C1, const float* x2, float* dw, float* db) {
     const WinoGeom q(N, 1, H, W);
