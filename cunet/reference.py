@@ -161,9 +161,13 @@ def _maxpool_args(x, kernel, stride, padding):
     return kernel, stride, padding, out
 
 
-def _maxpool_backward_args(dy, argmax, x_shape):
-    """-> (x_shape, plane): argmax indexes x's flattened spatial plane."""
+def _maxpool_backward_args(dy, argmax, x_shape, out=None):
+    """-> (x_shape, plane): argmax indexes x's flattened spatial plane; out: None or x_shape."""
     x_shape = _shape_arg("x_shape", x_shape)
+    if out is not None:
+        _check.same_device("out", out, "dy", dy)
+        if tuple(out.shape) != x_shape:
+            raise ValueError(f"out: expected shape {x_shape} (x_shape), got {tuple(out.shape)}")
     _check.array("dy", dy, ndim=len(x_shape))
     _check.array("argmax", argmax, dtype="int")
     _check.same_shape("argmax", argmax, "dy", dy)
@@ -370,10 +374,8 @@ def maxpool_forward(x, kernel=2, stride=None, padding=0):
 def maxpool_backward(dy, argmax, x_shape, out=None):
     """dx: every output's gradient added at the input position its argmax names; with out
     (x_shape) added into out, which is returned."""
-    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape)
+    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape, out)
     nc = x_shape[0] * x_shape[1]
-    if out is not None and tuple(out.shape) != x_shape:
-        raise ValueError(f"out: expected shape {x_shape} (x_shape), got {tuple(out.shape)}")
     dx = np.zeros((nc, plane), dtype=dy.dtype)
     rows = np.repeat(np.arange(nc), dy.size // max(nc, 1))
     np.add.at(dx, (rows, argmax.reshape(-1)), dy.reshape(-1))

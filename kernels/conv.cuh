@@ -753,6 +753,18 @@ inline void dot_blocks(int na, int nb, const float* A, int64_t As, const float* 
     }
 }
 
+// A stride of at least n floats for rows stored 16 floats at a time across many rows at once
+// (the Winograd components): n, or n + 16 where n is an even number of 64-byte lines, so the
+// rows do not all map to one L1 set (a multiple of 4 KiB apart).
+inline int64_t spaced(int64_t n) { return n + (n / 16 % 2 == 0 ? 16 : 0); }
+
+// The sum of n floats (a multiple of 16) from p: 16-lane partials, then their lane sum.
+inline float sum16s(const float* p, int64_t n) {
+    v16 acc = v16{};
+    for (int64_t q = 0; q < n; q += 16) acc += load16(p + q);
+    return hsum16(acc);
+}
+
 // out[i] = part[i] + part[size + i] + ... (nsl slices, added in slice order), 16 i at a time.
 inline void sum_slices(const float* part, int64_t nsl, int64_t size, float* out) {
 #pragma omp parallel for schedule(static) if (nsl * size > 32768)
@@ -835,8 +847,9 @@ inline void transpose_rows(const float* src, int64_t R, int64_t ss, int64_t T, f
         }
 }
 
-// The same products as 16-lane dot products (dot_block over blocks of kCA x kCBW rows), one
-// lane sum per pair.
+// out[i*os + j] = sum over q < nq (a multiple of 16) of A[i*As + q] * B[j*Bs + q] for i < Ra,
+// j < Rb, as 16-lane dot products (dot_block over blocks of kCA x kCBW rows), one lane sum
+// per pair (dots_as_gemm below: the same products as a GEMM).
 inline void dots_lanes(const float* A, int64_t Ra, int64_t As, const float* B, int64_t Rb, int64_t Bs, int64_t nq,
                        float* out, int64_t os) {
     const int64_t nca = (Ra + kCA - 1) / kCA, ncb = (Rb + kCBW - 1) / kCBW;
@@ -1243,7 +1256,7 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t D, int64_t 
     winograd_weights(Co, Ci, NC, U, weight);
     // vectors of 16 tiles per chunk: V (NC x Ci x 16*CT floats) about 384 KiB, in L2
     const int64_t CT = std::max<int64_t>(NC == 16 ? 4 : 2, 384 * 16 / NC / std::max<int64_t>(Ci, 1));
-    const int64_t nchunk = (q.nv + CT - 1) / CT, Vc = 16 * CT, Vxi = Ci * Vc + (Ci * Vc / 16 % 2 == 0 ? 16 : 0);   // V[xi][ci][tile of the chunk]
+    const int64_t nchunk = (q.nv + CT - 1) / CT, Vc = 16 * CT, Vxi = spaced(Ci * Vc);   // V[xi][ci][tile of the chunk]
     const int TV = NC == 16 ? 4 : 2;   // vectors per GEMM block: M (NC x kCB x 16*TV) about 24-48 KiB
     auto in_plane = [&](int64_t c) {
         return [&, c](int64_t n) { return plane_of(x, x2, C1, Ci, n / D, c, D * S) + n % D * S; };
@@ -1344,9 +1357,9 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
     // vectors per slice: V and Z (16 x (Ci + Co) x 16*SV floats) about 1 MiB, at least 32
     const int64_t SV = std::min(nv, std::max<int64_t>(32, 1024 / (Ci + Co)));
     const int64_t nsl = (nv + SV - 1) / SV, size = NC * Co * Ci, Vc = 16 * SV;
-    // component strides of V (x: Ci rows of Vc) and Z (dy: Co rows), off multiples of 4 KiB
-    // (the 16 components of a tile are stored at once: same-set stores otherwise)
-    const int64_t XS = Ci * Vc + (Ci * Vc / 16 % 2 == 0 ? 16 : 0), ZS = Co * Vc + (Co * Vc / 16 % 2 == 0 ? 16 : 0);
+    // component strides of V (x: Ci rows of Vc) and Z (dy: Co rows): the 16 components of a
+    // tile are stored at once
+    const int64_t XS = spaced(Ci * Vc), ZS = spaced(Co * Vc);
     float* part = scratch(2, nsl * size + (db ? nsl * Co : 0));
     float* dbpart = part + nsl * size;   // (nsl, Co) with db
     // slice s: transform channel c (x's for c < Ci, then dy's) into V[xi][ci][16*SV] / Z[xi][co][16*SV]
@@ -1361,19 +1374,14 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             for (int64_t v = 0; v < nvs; ++v)
                 winograd_grad_tile(H, W, q.G, tl, 16 * v, [&](int64_t n) { return dy + (n * Co + c - Ci) * S; },
                                    Z + 16 * v, ZS);
-            if (db) {   // the bias gradient's slice sum: component 5 (1, 1) of A dY A^T is the tile's sum
-                v16 acc = v16{};
-                for (int64_t v = 0; v < nvs; ++v) acc += load16(Z + 5 * ZS + 16 * v);
-                dbpart[s * Co + c - Ci] = hsum16(acc);
-            }
+            if (db)   // the bias gradient's slice sum: component 5 (1, 1) of A dY A^T is the tile's sum
+                dbpart[s * Co + c - Ci] = sum16s(Z + 5 * ZS, 16 * nvs);
         }
     };
-    // slice s, component xi: part[s][xi] (Co x Ci), the 16-tile dot products of Z[xi] (Co x q)
-    // and V[xi] (Ci x q). Few channels: dot_block over blocks of rows (16-lane partials reduced
-    // once per slice). Short slices (< 512 tiles: the 8 x 8 layers) of >= 64 channels: a GEMM
-    // (gemm_tile: kCB co broadcast per q, ci along the vector, K = the slice's q) of Z[xi] and
-    // V[xi] transposed into Zt (q x Cop) and Vt (q x Cip), without the per-pair lane sums
-    // (256 -> 256 @8, 8 images: 2.7 -> 2.3 ms; at 512-tile slices the dots are faster).
+    // slice s, component xi: part[s][xi] (Co x Ci), the products of Z[xi] (Co x q) and V[xi]
+    // (Ci x q) over the slice's tiles: dots_lanes, or for short slices (< 512 tiles: the 8 x 8
+    // layers) of >= 64 channels dots_as_gemm, without the per-pair lane sums (256 -> 256 @8,
+    // 8 images: 2.7 -> 2.3 ms; at 512-tile slices the lane sums are faster). Vt: its scratch.
     const bool as_gemm = SV < 32 && std::min(Ci, Co) >= 64;
     auto products = [&](int64_t s, int xi, const float* V, float* Vt) {
         const int64_t nq = std::min(SV, nv - s * SV) * 16;
@@ -1408,12 +1416,7 @@ inline void winograd_conv_wgrad(int64_t N, int64_t Ci, int64_t Co, int64_t H, in
             }
         }
     }
-    if (db)
-        for (int64_t co = 0; co < Co; ++co) {
-            float acc = dbpart[co];
-            for (int64_t sl = 1; sl < nsl; ++sl) acc += dbpart[sl * Co + co];
-            db[co] = acc;
-        }
+    if (db) sum_slices(dbpart, nsl, Co, db);
     // sum the slices in order, then G^T along y and x: 4 x 4 -> 3 x 3, 16 (co, ci) pairs per
     // vector (the pairs' 9 taps are contiguous in dw: written through a 16 x 9 block)
     const int64_t pairs = Co * Ci;
@@ -1645,11 +1648,7 @@ inline void patch_weight(CUNET_CONV_DIMS, const float* dy, const float* x, const
         patch_dy(Co, So, pt, dy, n, r0, Wo, nq, Ds);
         const int64_t nq16 = (nq + 15) / 16 * 16;   // this strip's (the last may be shorter)
         if (db)   // the strip's dy sums (DY' is zero past nq)
-            for (int64_t co = 0; co < Co; ++co) {
-                v16 acc = v16{};
-                for (int64_t q = 0; q < nq16; q += 16) acc += load16(Ds + co * pt.nq16 + q);
-                dbpart[s * Co + co] = hsum16(acc);
-            }
+            for (int64_t co = 0; co < Co; ++co) dbpart[s * Co + co] = sum16s(Ds + co * pt.nq16, nq16);
         float* P = part + s * size;
         if (as_gemm) dots_as_gemm(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K, worker_scratch(2, gemm_floats));
         else dots_lanes(Ds, Co, pt.nq16, Xs, pt.K, Xst, nq16, P, pt.K);

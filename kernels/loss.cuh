@@ -51,7 +51,8 @@ __device__ __forceinline__ float loss_dice_dp(const float* __restrict__ coef, in
 // logit, (p - g)/count) is written as 0. On x86 CPUs each later multiply that reads a
 // denormal takes a microcode assist (~100 cycles): a trained 2d-128 UNet's step ran 4%
 // slower than a fresh one's on this alone (benchmarks/bench_denormals.py).
-__device__ __forceinline__ float loss_flush(float d) { return fabsf(d) < 1.17549435e-38f ? 0.0f : d; }
+constexpr float kLossTiny = 1.17549435e-38f;   // FLT_MIN
+__device__ __forceinline__ float loss_flush(float d) { return fabsf(d) < kLossTiny ? 0.0f : d; }
 
 // thread's 4 per-class sums of one class tile: accumulate p, g; write the block totals to partials
 struct LossTile {
@@ -260,7 +261,7 @@ using simd::v16;
 
 // loss_flush of 16 elements
 inline v16 flush16(v16 d) {
-    const v16 tiny = simd::splat(1.17549435e-38f);
+    const v16 tiny = simd::splat(kLossTiny);
     return (d < tiny) & (d > -tiny) ? v16{} : d;
 }
 

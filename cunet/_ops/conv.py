@@ -60,8 +60,7 @@ def _weight(dims, c1, dy, x, x2, dw, precision, db=None):
     if not is_cupy(dy):
         return run("conv_backward_weight", None, *dims, c1, dy, x, x2, dw, db, PRECISION_CODE[precision])
     if db is not None:
-        n, c, s = ncs(dy)
-        run("channel_sum", coop(c), n, c, s, dy, db)
+        channel_sum(dy, out=db)
     m, nn, k = dims[2], dims[1] * prod(dims[9:12]), dims[0] * prod(dims[6:9])
     if dw.size == 0:
         return
@@ -74,10 +73,10 @@ def _weight(dims, c1, dy, x, x2, dw, precision, db=None):
         run("conv_sum_slices", loop(dw.size), dw.size, slices, part, dw)
 
 
-def channel_sum(x):
-    """(N, C, *S) -> (C,): the bias gradient of dy."""
+def channel_sum(x, out=None):
+    """(N, C, *S) -> (C,): the bias gradient of dy (into out, a (C,) array, if given)."""
     n, c, s = ncs(x)
-    out = empty(x, (c,))
+    out = empty(x, (c,)) if out is None else out
     run("channel_sum", coop(c), n, c, s, x, out)
     return out
 

@@ -23,15 +23,9 @@ def maxpool_backward(dy, argmax, x_shape, out=None):
     into it in place and out returned, e.g. the gradient another path already brought to
     the pool's input (a UNet's skip), without a zeroed dx and a separate add."""
     _check.array("argmax", argmax, dtype=np.int64)   # the kernel reads int64 indices
-    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape)
+    x_shape, plane = _maxpool_backward_args(dy, argmax, x_shape, out)
     f32("dy", dy)
-    if out is None:
-        dx = zeros(dy, x_shape)
-    else:
-        _check.same_device("out", out, "dy", dy)
-        if tuple(out.shape) != x_shape:
-            raise ValueError(f"out: expected shape {x_shape} (x_shape), got {tuple(out.shape)}")
-        dx = f32("out", out)
+    dx = zeros(dy, x_shape) if out is None else f32("out", out)
     nc = x_shape[0] * x_shape[1]
     run("maxpool_backward", loop(dy.size), nc, plane, dy.size // max(nc, 1), dy, argmax, dx)
     return dx

@@ -59,6 +59,12 @@ class Layer:
         """params/grads: name -> array view (grads has no entry for buffers)."""
         self.p, self.g = params, grads
 
+    def backward_into(self, dy, out):
+        """out += dL/dx (in place; out returned): the input's gradient joined to one another
+        path already brought (a UNet skip). Layers that can write it in place override this."""
+        out += self.backward(dy)
+        return out
+
 
 class Conv(Layer):
     """k^d convolution, PyTorch layout: weight (co, ci, *k), bias (co,).
@@ -145,8 +151,11 @@ class MaxPool(Layer):
         self.shape = x.shape
         return y
 
-    def backward(self, dy, out=None):
-        """out: a gradient of the pool's input to add into (in place, returned)."""
+    def backward(self, dy):
+        return self.backward_into(dy, None)
+
+    def backward_into(self, dy, out):
+        """out (None: a new array) gets the pooled gradient added by the kernel itself."""
         with _check.value_checks(False):   # argmax is forward's own: its range check (a pass over it) skipped
             dx = F(dy).maxpool_backward(dy, self.argmax, self.shape, out=out)
         self.argmax = None

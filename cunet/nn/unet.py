@@ -144,12 +144,7 @@ class UNet(Model):
         dh = self.bottom.backward(dh)
         for i in reversed(range(len(self.enc))):   # the skip's gradient joins the pooled path
             # the skip's gradient (this pass's own array: a data gradient) gets the down path's added in place
-            if isinstance(self.down[i], MaxPool):
-                dh = self.down[i].backward(dh, out=dskips[i])
-            else:
-                down = self.down[i].backward(dh)
-                dh = dskips[i]
-                dh += down
+            dh = self.down[i].backward_into(dh, dskips[i])
             dh = self.enc[i].backward(dh, input_grad=input_grad) if i == 0 else self.enc[i].backward(dh)
         return dh if input_grad else None
 
