@@ -14,4 +14,7 @@ void cunet::bind_conv(py::module_& m) {
         cunet::channel_sum(N, C, S, cf(x), f(out)); });
     m.def("conv_wgrad_slice", &cunet::conv_wgrad_slice,
           "K per slice of the tiled weight gradient for GEMM sizes (M, Nn, K): the CuPy path's split.");
+    m.def("conv_tiled_grid", [](CUNET_CONV_DIMS, int pass) { return cunet::conv_tiled_grid(CUNET_CONV_ARGS, pass); },
+          "Blocks of a tiled launch (pass 0 forward, 1 data, 2 weight per slice) for the 21 conv dims; "
+          "ValueError where a size reaches the kernels' 32-bit indices: the CuPy path's grid.");
 }

@@ -87,6 +87,9 @@ CUNET_API void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float
                                         const float* x2, float* dw, int precision = 0, void* stream = nullptr,
                                         float* db = nullptr);
 CUNET_API int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K);   // K per split-K slice (CuPy path)
+// Blocks of the tiled kernels for pass 0 (forward), 1 (data), 2 (weight, one slice); throws
+// std::invalid_argument where a size or coordinate reaches their 32-bit indices (CuPy path).
+CUNET_API unsigned conv_tiled_grid(CUNET_CONV_DIMS, int pass);
 CUNET_API void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, void* stream = nullptr);
 
 // ---- pool: x (NC, D, H, W) -> y, argmax (NC, Do, Ho, Wo) (flat index in the input plane)

@@ -93,8 +93,11 @@ def same_device(name, a, ref_name, ref):
                         f"got a {xp_of(a).__name__} array")
 
 
-def tuple_arg(name, v, n, minimum=None):
-    """An int or a sequence of n ints -> tuple of n ints (each >= minimum)."""
+INDEX_LIMIT = 2 ** 31   # sizes, strides, paddings, dilations: below it (the kernels' products stay in int64)
+
+
+def tuple_arg(name, v, n, minimum=None, maximum=INDEX_LIMIT - 1):
+    """An int or a sequence of n ints -> tuple of n ints (each in [minimum, maximum])."""
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         out = (int(v),) * n
     else:
@@ -107,6 +110,9 @@ def tuple_arg(name, v, n, minimum=None):
         out = tuple(int(t) for t in out)
     if minimum is not None and any(t < minimum for t in out):
         raise ValueError(f"{name}: expected values >= {minimum}, got {v!r}")
+    if maximum is not None and any(t > maximum for t in out):
+        limit = "2**31 - 1" if maximum == INDEX_LIMIT - 1 else str(maximum)
+        raise ValueError(f"{name}: expected values <= {limit}, got {v!r}")
     return out
 
 

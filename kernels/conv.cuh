@@ -1690,6 +1690,48 @@ inline Copy read_copy(CUNET_CONV_DIMS, std::vector<int64_t>& off) {
     return g;
 }
 
+// The data gradient's copy of dy: one phase, read at copy index i' + e by every (output
+// phase, tap) pair with r + P - k*Dil = e*S.
+inline Copy data_copy(CUNET_CONV_DIMS) {
+    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
+    (void)N, (void)Ci, (void)Co;
+    Copy g;
+    int64_t lo[3];
+    for (int a = 0; a < 3; ++a) {
+        int64_t mn = INT64_MAX, mx = INT64_MIN;
+        for (int64_t r = 0; r < S[a]; ++r)
+            for (int64_t k = 0; k < K[a]; ++k) {
+                const int64_t v = r + P[a] - k * Dl[a], e = floor_div(v, S[a]);
+                if (e * S[a] == v) mn = std::min(mn, e), mx = std::max(mx, e);
+            }
+        copy_axis(g, a, O[a], 1, ceil_div(X[a], S[a]), mn, mx);
+        lo[a] = std::max<int64_t>(0, -mn);
+    }
+    g.pre = (lo[0] * g.len[1] + lo[1]) * g.len[2] + lo[2];
+    return g;
+}
+
+// Whether the CPU variants take this geometry. Winograd and patch layers always; the
+// phase-split copy while its loops and buffers stay near the size of the arrays: the data
+// gradient loops over the SD*SH*SW phases and the forward's copy holds them all, so a
+// stride larger than kMaxPhaseStride, or a copy (or dy grid) over 4x the arrays it stands
+// for plus 1 Mi floats (a huge stride, padding or dilation reads mostly zeros), goes to the
+// portable kernels, which read x and dy directly at any geometry.
+constexpr int64_t kMaxPhaseStride = 32;
+inline bool variants_fit(CUNET_CONV_DIMS) {
+    if (winograd_dims(CUNET_CONV_ARGS) || patch_fits(CUNET_CONV_ARGS)) return true;
+    const int64_t S[3] = {SD, SH, SW};
+    for (int a = 0; a < 3; ++a)
+        if (S[a] > kMaxPhaseStride) return false;
+    std::vector<int64_t> off;
+    const Copy g = read_copy(CUNET_CONV_ARGS, off), gd = data_copy(CUNET_CONV_ARGS);
+    const double in = (double)N * Ci * D * H * W, out = (double)N * Co * Do * Ho * Wo, lim = 1 << 20;
+    return g.pre + (double)Ci * g.phases() * N * g.L() <= 4 * in + lim &&   // x copy (forward, weight gradient)
+           (double)Co * N * g.L() <= 4 * out + lim &&                        // dy grid (weight gradient)
+           gd.pre + (double)Co * N * gd.L() <= 4 * out + lim;                 // dy copy (data gradient)
+}
+
 // x2 / dx2 (conv_*_host): channels [C1, Ci) of the input in a second array (the in-place
 // concat); C1 = Ci (x2 unused) without.
 inline void conv_forward_host(CUNET_CONV_DIMS, const float* x, const float* w, const float* b, float* y, bool relu,
@@ -1743,21 +1785,9 @@ inline void conv_backward_data_host(CUNET_CONV_DIMS, const float* dy, const floa
             b, false, [&](int64_t n, int64_t c) { return plane_of(dx, dx2, C1, Ci, n / D, c, D * Sp) + n % D * Sp; },
             [&](int64_t n, int64_t c) { return mask ? mask + ((n / D) * Ci + c) * D * Sp + n % D * Sp : nullptr; });
     if (patch_fits(CUNET_CONV_ARGS)) return patch_data(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2, mask);
-    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t X[3] = {D, H, W}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
     const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
-    Copy g;   // dy, one phase, read at copy index i' + e by every (phase, tap)
-    int64_t lo[3];
-    for (int a = 0; a < 3; ++a) {
-        int64_t mn = INT64_MAX, mx = INT64_MIN;
-        for (int64_t r = 0; r < S[a]; ++r)
-            for (int64_t k = 0; k < K[a]; ++k) {
-                const int64_t v = r + P[a] - k * Dl[a], e = floor_div(v, S[a]);
-                if (e * S[a] == v) mn = std::min(mn, e), mx = std::max(mx, e);
-            }
-        copy_axis(g, a, O[a], 1, ceil_div(X[a], S[a]), mn, mx);
-        lo[a] = std::max<int64_t>(0, -mn);
-    }
-    g.pre = (lo[0] * g.len[1] + lo[1]) * g.len[2] + lo[2];
+    const Copy g = data_copy(CUNET_CONV_ARGS);
     const int64_t Bs = N * g.L(), slack = g.L() + kChunk + 16, ncb = (Ci + kCB - 1) / kCB, nk = KD * KH * KW;
     float* B = scratch(0, g.pre + Co * Bs + slack);
     make_copy(dy, N, Co, g, B, Bs, slack);
@@ -1852,6 +1882,30 @@ inline unsigned conv_tiles(int64_t M, int64_t Nn, int64_t K) {
     return (unsigned)(((M + kTM - 1) / kTM) * ((Nn + kTN - 1) / kTN));
 }
 
+// The tiled kernels index in 32 bits (ConvGeom: sizes, GEMM rows and columns, input
+// coordinates): every size and voxel count, the GEMM sizes of the three passes and the
+// farthest coordinate a tap computes ((O-1)*S + (K-1)*Dil, X-1 + P) must stay below 2^31.
+// pass: 0 forward, 1 data gradient, 2 weight gradient (one K slice; times the slices).
+inline unsigned conv_tiled_grid(CUNET_CONV_DIMS, int pass) {
+    const int64_t lim = int64_t(1) << 31, T = KD * KH * KW;
+    const int64_t X[3] = {D, H, W}, O[3] = {Do, Ho, Wo}, K[3] = {KD, KH, KW}, S[3] = {SD, SH, SW};
+    const int64_t P[3] = {PD, PH, PW}, Dl[3] = {DD, DH, DW};
+    const int64_t sizes[] = {N, Ci, Co, D * H * W, Do * Ho * Wo, N * D * H * W, N * Do * Ho * Wo, Ci * T, Co * T};
+    bool ok = std::all_of(std::begin(sizes), std::end(sizes), [&](int64_t v) { return v < lim; });
+    for (int a = 0; a < 3; ++a)
+        ok = ok && (O[a] - 1) * S[a] + (K[a] - 1) * Dl[a] < lim && X[a] - 1 + P[a] < lim;
+    if (!ok)
+        throw std::invalid_argument(
+            "cunet conv: a size, GEMM size or input coordinate of this conv (N=" + std::to_string(N) + ", Ci=" +
+            std::to_string(Ci) + ", Co=" + std::to_string(Co) + ", input " + std::to_string(D) + "x" +
+            std::to_string(H) + "x" + std::to_string(W) + ", output " + std::to_string(Do) + "x" + std::to_string(Ho) +
+            "x" + std::to_string(Wo) + ") reaches 2^31, past the tiled kernels' 32-bit indices; split the batch");
+    if (pass == 0) return conv_tiles(N * Do * Ho * Wo, Co, Ci * T);
+    if (pass == 1) return conv_tiles(N * D * H * W, Ci, Co * T);
+    if (pass == 2) return conv_tiles(Co, Ci * T, N * Do * Ho * Wo);
+    throw std::invalid_argument("cunet conv_tiled_grid: pass must be 0, 1 or 2, got " + std::to_string(pass));
+}
+
 // Weight-gradient K per slice (a multiple of kTK): slices until about 256 blocks run, each
 // slice at least 8 K steps. cunet/_ops/conv.py asks for it through the binding.
 inline int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K) {
@@ -1902,14 +1956,15 @@ inline void conv_forward_cat(CUNET_CONV_DIMS, int64_t C1, const float* x, const 
     if (N * Co * Do * Ho * Wo == 0) return;
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
-        if (host_variants()) return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu, C1, x2);
+        if (host_variants() && conv_host::variants_fit(CUNET_CONV_ARGS))
+            return conv_host::conv_forward_host(CUNET_CONV_ARGS, x, w, b, y, relu, C1, x2);
         std::vector<float> cat;
         if (C1 < Ci) cat = host_concat(N, C1, Ci - C1, D * H * W, x, x2), x = cat.data();
         CUNET_LAUNCH_LOOP(::conv_forward, N * Co * Do * Ho * Wo, s, CUNET_CONV_ARGS, x, w, b, y, (int64_t)relu);
         return;
     }
 #endif
-    const unsigned grid = conv_tiles(N * Do * Ho * Wo, Co, Ci * KD * KH * KW);
+    const unsigned grid = conv_tiled_grid(CUNET_CONV_ARGS, 0);
     CUNET_CONV_LAUNCH_TILED(conv_forward, precision, grid, s, CUNET_CONV_ARGS, C1, x, x2, w, b, y, (int64_t)relu);
 }
 // mask: null, or the conv's input x when x is a ReLU's output: dx is then the gradient of the
@@ -1922,7 +1977,7 @@ inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy,
     if (N * Ci * D * H * W == 0) return;
     if (mask && C1 < Ci) throw std::invalid_argument("cunet conv_backward_data: a ReLU mask needs a single input (C1 = Ci)");
 #if defined(CUNET_HOST)
-    if (!emulate_blocks() && host_variants())
+    if (!emulate_blocks() && host_variants() && conv_host::variants_fit(CUNET_CONV_ARGS))
         return conv_host::conv_backward_data_host(CUNET_CONV_ARGS, dy, w, b, dx, C1, dx2, mask);
     if (!emulate_blocks()) {
         std::vector<float> cat(C1 < Ci ? N * Ci * D * H * W : 0);
@@ -1933,7 +1988,7 @@ inline void conv_backward_data_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy,
         return;
     }
 #endif
-    const unsigned grid = conv_tiles(N * D * H * W, Ci, Co * KD * KH * KW);
+    const unsigned grid = conv_tiled_grid(CUNET_CONV_ARGS, 1);
     CUNET_CONV_LAUNCH_TILED(conv_backward_data, precision, grid, s, CUNET_CONV_ARGS, C1, dy, w, b, dx, dx2);
     if (mask) CUNET_LAUNCH_LOOP(::conv_relu_mask, N * Ci * D * H * W, s, N * Ci * D * H * W, mask, dx);
 }
@@ -1968,7 +2023,7 @@ inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* d
     if (M * Nn == 0) return bias();
 #if defined(CUNET_HOST)
     if (!emulate_blocks()) {
-        if (host_variants()) {
+        if (host_variants() && conv_host::variants_fit(CUNET_CONV_ARGS)) {
             if (!conv_host::conv_backward_weight_host(CUNET_CONV_ARGS, dy, x, dw, C1, x2, db)) bias();
             return;
         }
@@ -1980,7 +2035,7 @@ inline void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* d
 #endif
     bias();
     const int64_t k_slice = conv_wgrad_slice(M, Nn, K), slices = std::max<int64_t>(1, (K + k_slice - 1) / k_slice);
-    const unsigned grid = conv_tiles(M, Nn, K) * (unsigned)slices;
+    const unsigned grid = conv_tiled_grid(CUNET_CONV_ARGS, 2) * (unsigned)slices;
     float* part = dw;   // (slices, M, Nn) partial sums when K is split
 #if defined(CUNET_GPU)
     if (slices > 1 && cudaMallocAsync(reinterpret_cast<void**>(&part), sizeof(float) * slices * M * Nn, s) != cudaSuccess)

@@ -29,6 +29,7 @@ void conv_backward_weight_cat(CUNET_CONV_DIMS, int64_t C1, const float* dy, cons
     cunet::conv_backward_weight_cat(CUNET_CONV_ARGS, C1, dy, x, x2, dw, precision, stream_of(s), db);
 }
 int64_t conv_wgrad_slice(int64_t M, int64_t Nn, int64_t K) { return cunet::conv_wgrad_slice(M, Nn, K); }
+unsigned conv_tiled_grid(CUNET_CONV_DIMS, int pass) { return cunet::conv_tiled_grid(CUNET_CONV_ARGS, pass); }
 void channel_sum(int64_t N, int64_t C, int64_t S, const float* x, float* out, void* s) {
     cunet::channel_sum(N, C, S, x, out, stream_of(s));
 }

@@ -14,7 +14,7 @@ from cunet.reference import (_precision_arg, _conv_args, _conv_backward_args, _c
                              _conv_transpose_backward_args, _x2_args)
 
 PRECISION_CODE = {"fp32": 0, "tf32": 1, "bf16": 2}   # the launchers' `precision` argument
-TILE, TILE_THREADS = 64, 128                          # kernels/conv.cuh kTM = kTN, kThreads
+TILE_THREADS = 128   # kernels/conv.cuh kThreads
 
 register("conv", "conv_forward", "conv_backward_data", "conv_backward_weight", "channel_sum", "conv_sum_slices",
          "conv_relu_mask",
@@ -28,8 +28,11 @@ def _dims(x_shape, w_shape, co, out, stride, padding, dilation):
             *lift(stride, 1), *lift(padding, 0), *lift(dilation, 1))
 
 
-def _tiles(m, nn):
-    return -(-m // TILE) * -(-nn // TILE)
+def _grid(dims, pass_):
+    """Blocks of a tiled launch (pass 0 forward, 1 data, 2 weight per K slice), from the C++
+    launchers' own planning (conv_tiled_grid): a ValueError where a size or coordinate
+    reaches the kernels' 32-bit indices, before anything is launched."""
+    return native().conv_tiled_grid(*dims, pass_)
 
 
 # The three passes as GEMMs M x Nn x K over the dims (kernels/conv.cuh, tiled section):
@@ -38,18 +41,16 @@ def _tiles(m, nn):
 def _forward(dims, c1, x, x2, w, b, y, relu, precision):
     if not is_cupy(x):
         return run("conv_forward", None, *dims, c1, x, x2, w, b, y, PRECISION_CODE[precision], relu)
-    n, co, so = dims[0], dims[2], prod(dims[6:9])
     if y.size:
-        run(f"conv_forward_{precision}", (_tiles(n * so, co), TILE_THREADS), *dims, c1, x, x2, w, b, y, relu)
+        run(f"conv_forward_{precision}", (_grid(dims, 0), TILE_THREADS), *dims, c1, x, x2, w, b, y, relu)
 
 
 def _data(dims, c1, dy, w, b, dx, dx2, precision, mask=None):
     """mask: None, or x (no x2) when x is a ReLU's output: dx then through that ReLU."""
     if not is_cupy(dy):
         return run("conv_backward_data", None, *dims, c1, dy, w, b, dx, dx2, mask, PRECISION_CODE[precision])
-    n, ci, si = dims[0], dims[1], prod(dims[3:6])
-    if n * ci * si:
-        run(f"conv_backward_data_{precision}", (_tiles(n * si, ci), TILE_THREADS), *dims, c1, dy, w, b, dx, dx2)
+    if dx.size:
+        run(f"conv_backward_data_{precision}", (_grid(dims, 1), TILE_THREADS), *dims, c1, dy, w, b, dx, dx2)
         if mask is not None:
             run("conv_relu_mask", loop(dx.size), dx.size, mask, dx)
 
@@ -64,11 +65,11 @@ def _weight(dims, c1, dy, x, x2, dw, precision, db=None):
     m, nn, k = dims[2], dims[1] * prod(dims[9:12]), dims[0] * prod(dims[6:9])
     if dw.size == 0:
         return
+    tiles = _grid(dims, 2)
     k_slice = native().conv_wgrad_slice(m, nn, k)
     slices = max(1, -(-k // k_slice))
     part = dw if slices == 1 else empty(dw, (slices,) + dw.shape)
-    run(f"conv_backward_weight_{precision}", (_tiles(m, nn) * slices, TILE_THREADS), *dims, c1, dy, x, x2, part,
-        k_slice)
+    run(f"conv_backward_weight_{precision}", (tiles * slices, TILE_THREADS), *dims, c1, dy, x, x2, part, k_slice)
     if slices > 1:
         run("conv_sum_slices", loop(dw.size), dw.size, slices, part, dw)
 

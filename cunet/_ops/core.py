@@ -150,11 +150,27 @@ class _HostPool:
 _host_pool = _HostPool()
 
 
+def _physical_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # no sysconf names: no limit known
+        return math.inf
+
+
+PHYSICAL_BYTES = _physical_bytes()
+
+
 def empty(like, shape, dtype=np.float32):
-    """A new array on the device of `like` (host: maybe a pooled one no longer referenced)."""
+    """A new array on the device of `like` (host: maybe a pooled one no longer referenced).
+    A host result larger than the machine's memory is refused before anything is allocated
+    (a huge stride or padding asked of a transposed conv, say), with its shape in the error."""
     if is_cupy(like):
         import cupy
         return cupy.empty(shape, dtype)
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if size > PHYSICAL_BYTES:
+        raise ValueError(f"output of shape {tuple(shape)} would take {size / 2**30:.3g} GiB, more than this "
+                         f"machine's {PHYSICAL_BYTES / 2**30:.3g} GiB of memory")
     return _host_pool.get(shape, dtype)
 
 
