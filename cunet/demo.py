@@ -51,9 +51,9 @@ def _train(model, loss, src, val, out, device, time_budget, epochs, num_classes,
     sched = optim.PolyLR(opt, total_steps=total)
     t0 = time.perf_counter()
     hist = train.fit(model, loss, opt, src, val, epochs=epochs, schedule=sched, out=out / "run",
-                     num_classes=num_classes, time_budget=None if epochs else time_budget)
+                     num_classes=num_classes, time_budget=None if epochs else time_budget, overwrite=True)
     best = out / "run" / "best.safetensors"
-    if best.exists():
+    if hist.best_epoch is not None:   # written by this run (fit cleared the directory first)
         model.load_state_dict(train.load_checkpoint(best)["state"])
     if (out / "run" / "history.png").exists():
         shutil.copy(out / "run" / "history.png", out / "learning_curve.png")

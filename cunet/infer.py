@@ -113,7 +113,12 @@ def _predict(model, images, window=None, overlap=0.5, batch_size=4, gaussian=Tru
     finally:
         model.train(was_training)
     out /= norm
-    return out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(lo, size))]
+    out = out[(slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(lo, size))]
+    bad = int(out.size - xi.count_nonzero(xi.isfinite(out)))   # a label map from NaN logits is silent nonsense
+    if bad:
+        raise FloatingPointError(f"model: produced {bad} NaN or infinite logit(s) (weights or input overflow "
+                                 f"float32); no prediction is made from them")
+    return out
 
 
 def _channels(name, a, model, layout):

@@ -309,7 +309,7 @@ class _Arena:
 
 def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, schedule=None, clip=None, out=None,
         num_classes=None, resume=None, time_budget=None, progress=True, log=print, extra=None, precision=None,
-        graph=False, debug=False):
+        graph=False, debug=False, overwrite=False):
     """Train `model` on batch source `train`; returns the History.
 
     Stops after `epochs` epochs or `steps` steps (counted from the start of the run, so a
@@ -318,7 +318,9 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     of the three must be given. Each epoch
     (and at a stop) it validates on `val` in eval mode and, with out=DIR, writes
     DIR/last.safetensors, DIR/best.safetensors (when the score improves), DIR/history.json
-    and DIR/history.png. `extra` (JSON-able) goes into the checkpoints ("cunet.extra").
+    and DIR/history.png. A DIR holding another run's files is refused unless `resume` is
+    one of its checkpoints or overwrite=True (which deletes them first): the files of a run
+    directory always come from one run. `extra` (JSON-able) goes into the checkpoints ("cunet.extra").
     A non-finite loss raises FloatingPointError; the last checkpoint is left as it was.
 
     precision ("fp32", "tf32", "bf16"): the conv GEMM operands for this call (training and
@@ -351,10 +353,11 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
         raise ValueError("debug: expected False with graph=True (the value checks read the device in every step, "
                          "which a captured graph cannot), got True")
     train, val = _source("train", train, True), None if val is None else _source("val", val, False)
+    _check.flag("overwrite", overwrite)
+    log = log or (lambda line: None)
     out = None if out is None else Path(out)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda line: None)
+        _run_dir(out, resume, overwrite, log)
 
     epoch = batch = step = 0   # epoch index, batches done in it, steps done
     history = History()
@@ -598,17 +601,61 @@ def _plot(history, path):
 
 # ---- checkpoints
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write):
-    """write(tmp) a temporary file next to `path`, then rename it over `path`."""
+    """write(tmp) a temporary file next to `path` (.NAME.*.tmp), flush it to disk, then
+    rename it over `path`. The file gets the umask's mode, as any other tool's would
+    (mkstemp's is 0600). A kill leaves at most the temporary, which fit removes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        write(tmp)   # (writers may recreate the file: its mode is set after)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):   # the rename itself, durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+RUN_FILES = ("last.safetensors", "best.safetensors", "history.json", "history.png")
+
+
+def _run_dir(out, resume, overwrite, log):
+    """The checkpoints of a run directory belong to one run. A directory holding another
+    run's files is refused, unless the call resumes from it or overwrite=True clears them
+    (a later run without validation would otherwise leave the earlier run's best model
+    beside its own last one). Temporaries of killed writes are removed either way."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if not held:
+        return
+    if resume is not None and Path(resume).resolve().parent == out.resolve():
+        return
+    if not overwrite:
+        raise ValueError(f"out: {out} already holds a training run ({', '.join(held)}); resume it "
+                         f"(resume={str(out / 'last.safetensors')!r}), start over (overwrite=True) or choose "
+                         f"another directory")
+    for name in held:
+        (out / name).unlink()
+    log(f"out: removed the previous run's {', '.join(held)} from {out}")
 
 
 def _json(name, value):
@@ -668,6 +715,13 @@ def load_checkpoint(path):
             parsed[key] = json.loads(meta.get(f"cunet.{key}", "{}"))
         except json.JSONDecodeError as e:
             raise ValueError(f"checkpoint {str(path)!r}: metadata 'cunet.{key}' is not valid JSON ({e})") from None
+    for name, v in tensors.items():   # NaN weights would give a confident wrong answer, not an error
+        if v.dtype.kind != "f":
+            raise ValueError(f"checkpoint {str(path)!r}: tensor {name!r} has dtype {v.dtype}; expected float32")
+        bad = int(v.size - np.count_nonzero(np.isfinite(v)))
+        if bad:
+            raise ValueError(f"checkpoint {str(path)!r}: tensor {name!r} holds {bad} NaN or infinite value(s) "
+                             f"(the file is damaged, or the run that wrote it diverged)")
     return {"config": parsed["model"], "state": {k: v for k, v in tensors.items() if not k.startswith("optim/")},
             "optim": {k[6:]: v for k, v in tensors.items() if k.startswith("optim/")},
             "train": parsed["train"], "extra": parsed["extra"], "version": meta.get("cunet.version")}
@@ -677,10 +731,11 @@ def load(path, device="cpu"):
     """A UNet rebuilt from a checkpoint's config with its weights, in eval mode, on
     `device`; `.extra` holds the checkpoint's extra dict."""
     from cunet.nn.model import DEVICES
-    from cunet.nn.unet import UNet
+    from cunet.nn.unet import UNet, state_shapes
     _check.choice("device", device, DEVICES)
     ckpt = load_checkpoint(path)
-    try:
+    try:   # the config's tensors against the file's before anything is allocated
+        _check_state(state_shapes(ckpt["config"]), ckpt["state"])
         model = UNet(**ckpt["config"]).to(device)
         model.load_state_dict(ckpt["state"])
     except (TypeError, ValueError) as e:
@@ -688,6 +743,19 @@ def load(path, device="cpu"):
     model.eval()
     model.extra = ckpt["extra"]
     return model
+
+
+def _check_state(shapes, state):
+    """The tensors a config asks for (name -> shape) against those a file holds."""
+    missing = [n for n in shapes if n not in state]
+    unexpected = [n for n in state if n not in shapes]
+    if missing or unexpected:
+        raise ValueError(f"its config asks for tensors the file lacks {missing[:3]}{'...' if len(missing) > 3 else ''}"
+                         f" and the file holds others {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    for name, shape in shapes.items():
+        if tuple(state[name].shape) != tuple(shape):
+            raise ValueError(f"its config asks for {name!r} of shape {tuple(shape)}, the file holds "
+                             f"{tuple(state[name].shape)}")
 
 
 def _resume(path, model, optimizer, schedule):

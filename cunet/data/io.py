@@ -15,6 +15,7 @@ PNG/TIFF). `like` may also be a hand-made dict with just affine and header. Ever
 names the file. Arrays to save may be NumPy or CuPy (copied to the host: writing a file
 is the one place that copy belongs).
 """
+import math
 import os
 
 import numpy as np
@@ -24,12 +25,36 @@ from cunet import _check
 FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".png": "png", ".tif": "tiff", ".tiff": "tiff"}
 
 
-def _format(path):
+def _extension(path):
     name = str(path).lower()
     for ext in sorted(FORMATS, key=len, reverse=True):   # ".nii.gz" before ".gz"-less ".nii"
         if name.endswith(ext):
-            return FORMATS[ext]
+            return ext
     raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(FORMATS)}")
+
+
+def _format(path):
+    return FORMATS[_extension(path)]
+
+
+def _atomic_save(path, write):
+    """write(tmp) to a temporary file beside `path` with the same extension (nibabel and
+    PIL pick the format by it), then rename it over `path`: a failed or killed write
+    leaves no half-written file under the final name. Mode from the umask."""
+    import tempfile
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp" + _extension(path))
+    os.close(fd)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        write(tmp)   # (writers may recreate the file: its mode is set after)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _host(a, name):
@@ -39,6 +64,28 @@ def _host(a, name):
     except TypeError:
         raise TypeError(f"{name}: expected a numpy or cupy array, got {type(a).__name__}") from None
     return a if xp is np else xp.asnumpy(a)
+
+
+DEFLATE_MAX_RATIO = 1032   # no deflate stream expands by more (RFC 1951: 258 bytes per 2-bit code)
+
+
+def _check_claimed_size(path, img):
+    """The voxels a NIfTI header claims must fit in the file (uncompressed: after
+    vox_offset; gzip: within deflate's largest expansion) and in memory, before nibabel
+    allocates them (an 83-byte file claiming 2000^3 voxels took 7.9 GB before failing)."""
+    from cunet._ops.core import PHYSICAL_BYTES
+    shape, dtype = tuple(int(n) for n in img.shape), img.get_data_dtype()
+    claimed = math.prod(shape) * dtype.itemsize
+    size = os.path.getsize(path)
+    gz = path.lower().endswith(".gz")
+    room = DEFLATE_MAX_RATIO * size if gz else size - int(img.header.get("vox_offset", 0))
+    if claimed > room:
+        raise ValueError(f"{path}: the header claims {'x'.join(map(str, shape))} voxels of {dtype} "
+                         f"({claimed:,} bytes), more than a {size:,}-byte{' gzip' if gz else ''} file can hold "
+                         f"(the file is truncated or its header damaged)")
+    if claimed > PHYSICAL_BYTES / 2:   # read as stored, then converted to float32 or int64
+        raise ValueError(f"{path}: the header claims {'x'.join(map(str, shape))} voxels of {dtype} "
+                         f"({claimed / 2**30:.3g} GiB), more than half of this machine's memory")
 
 
 def _read(path):
@@ -53,6 +100,7 @@ def _read(path):
         if fmt == "nifti":
             import nibabel as nib
             img = nib.load(path)
+            _check_claimed_size(path, img)
             data = np.asanyarray(img.dataobj)   # reads (and decompresses) here: errors surface inside the try
             meta = dict(affine=np.array(img.affine, dtype=np.float64), header=img.header.copy(),
                         dtype=str(img.get_data_dtype()))
@@ -168,10 +216,11 @@ def _save_nifti(path, array, like, dtype):
     nib.save(img, path)
 
 
-def _save_2d(path, array, fmt, name):
+def _save_2d(path, array, fmt, name, shown):
+    """shown: the file name errors give (path may be a temporary beside it)."""
     from PIL import Image
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-        raise ValueError(f"{path}: {fmt.upper()} holds (H, W) or (H, W, 1|3|4) arrays; {name} has shape "
+        raise ValueError(f"{shown}: {fmt.upper()} holds (H, W) or (H, W, 1|3|4) arrays; {name} has shape "
                          f"{tuple(array.shape)}")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -183,7 +232,7 @@ def _save_2d(path, array, fmt, name):
     lo, hi = float(vals.min()), float(vals.max())
     top = 255 if array.ndim == 3 else 65535
     if lo < 0 or hi > top:
-        raise ValueError(f"{path}: {fmt.upper()} stores integers in [0, {top}] for this layout; {name} "
+        raise ValueError(f"{shown}: {fmt.upper()} stores integers in [0, {top}] for this layout; {name} "
                          f"ranges over [{lo:g}, {hi:g}] (save float images as .tif or .nii.gz)")
     vals = vals.astype(np.uint8 if hi <= 255 else np.uint16)
     Image.fromarray(vals).save(path)
@@ -198,9 +247,9 @@ def save_image(path, array, like=None):
     array = _host(array, "array")
     _check_grid(path, array, like)
     if fmt == "nifti":
-        _save_nifti(path, np.asarray(array, dtype=np.float32), like, np.float32)
+        _atomic_save(path, lambda tmp: _save_nifti(tmp, np.asarray(array, dtype=np.float32), like, np.float32))
     else:
-        _save_2d(path, array, fmt, "array")
+        _atomic_save(path, lambda tmp: _save_2d(tmp, array, fmt, "array", path))
 
 
 def save_label(path, labels, like=None):
@@ -219,6 +268,6 @@ def save_label(path, labels, like=None):
         if hi > np.iinfo(np.int16).max:
             raise ValueError(f"labels: expected values <= 32767 to store as int16, found {hi} (saving {path})")
         dtype = np.uint8 if hi <= 255 else np.int16
-        _save_nifti(path, labels.astype(dtype), like, dtype)
+        _atomic_save(path, lambda tmp: _save_nifti(tmp, labels.astype(dtype), like, dtype))
     else:
-        _save_2d(path, labels, fmt, "labels")
+        _atomic_save(path, lambda tmp: _save_2d(tmp, labels, fmt, "labels", path))

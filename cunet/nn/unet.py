@@ -18,6 +18,8 @@ PyTorch layouts): enc{i}.conv1.weight, enc{i}.conv1.bias, [enc{i}.bn1.weight, .b
 precision="fp32" | "tf32" | "bf16": the conv kernels' GEMM operands on CuPy arrays, with
 float32 master weights (cunet.nn.model); in `config` (checkpoints keep it) when not "fp32".
 """
+import math
+
 import numpy as np
 
 from cunet import _check
@@ -38,9 +40,40 @@ def _block(ci, co, dims, norm, dropout, seed, init):
     return Sequential(*layers)
 
 
+MAX_PARAMETERS = 2 ** 31   # parameters and buffers of one UNet (8 GiB of float32)
+
+
+def state_shapes(config):
+    """name -> shape of every tensor a UNet of this config holds (state_dict order),
+    computed without allocating: what a model file is checked against before loading.
+    config: UNet's keyword arguments; errors as UNet's own."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict of UNet arguments, got {type(config).__name__}")
+    args = dict(dims=2, in_channels=1, out_channels=1, base=16, depth=4, up="transpose", down="maxpool", norm=None,
+                dropout=0.0, seed=0, init="he_normal", precision="fp32")
+    unknown = sorted(map(str, set(config) - set(args)))
+    if unknown:
+        raise TypeError(f"config: unexpected key(s) {unknown}; a UNet takes {', '.join(args)}")
+    args.update(config)
+    UNet._check_config(**args)
+    args.pop("precision")
+    named = UNet.__new__(UNet)._define(**args)
+    return {f"{prefix}.{spec.name}": spec.shape for prefix, layer in named for spec in layer.specs()}
+
+
 class UNet(Model):
     def __init__(self, dims=2, in_channels=1, out_channels=1, base=16, depth=4, up="transpose", down="maxpool",
                  norm=None, dropout=0.0, seed=0, init="he_normal", precision="fp32"):
+        self._check_config(dims, in_channels, out_channels, base, depth, up, down, norm, dropout, seed, init,
+                           precision)
+        named = self._define(dims, in_channels, out_channels, base, depth, up, down, norm, dropout, seed, init)
+        self._build(named, seed)
+        self._blocks = [b for b in self.enc + self.down + [self.bottom] + self.dec if isinstance(b, Sequential)]
+        self.fuse = True
+        self.set_precision(precision)
+
+    @staticmethod
+    def _check_config(dims, in_channels, out_channels, base, depth, up, down, norm, dropout, seed, init, precision):
         _check.choice("dims", dims, (2, 3))
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base),
                         ("depth", depth)):
@@ -52,6 +85,10 @@ class UNet(Model):
         _check.integer("seed", seed, lo=0)
         _check.choice("init", init, INITS)
         _check.choice("precision", precision, PRECISIONS)
+
+    def _define(self, dims, in_channels, out_channels, base, depth, up, down, norm, dropout, seed, init):
+        """The layers, named in forward order (no arrays yet: _build allocates them). A
+        network over MAX_PARAMETERS is refused here, naming base and depth."""
         self.config = dict(dims=dims, in_channels=in_channels, out_channels=out_channels, base=base, depth=depth,
                            up=up, down=down, norm=norm, dropout=dropout, seed=seed, init=init)
         self.dims, self.depth, self.in_channels = dims, depth, in_channels
@@ -87,10 +124,12 @@ class UNet(Model):
             c //= 2
             self.dec.append(add(f"dec{i}", _block(2 * c, c, dims, bn, dropout, seed * 7919 + depth + 1 + i, init)))
         self.head = add("head", Conv(base, out_channels, 1, 1, 0, dims, init="glorot_uniform"))
-        self._build(named, seed)
-        self._blocks = [b for b in self.enc + self.down + [self.bottom] + self.dec if isinstance(b, Sequential)]
-        self.fuse = True
-        self.set_precision(precision)
+        total = sum(math.prod(spec.shape) for _, layer in named for spec in layer.specs())
+        if total > MAX_PARAMETERS:
+            raise ValueError(f"base, depth: base={base}, depth={depth} (in_channels={in_channels}, "
+                             f"out_channels={out_channels}) make a UNet of {total:.3g} parameters and buffers; "
+                             f"expected at most 2**31 ({MAX_PARAMETERS * 4 / 2**30:.0f} GiB of float32)")
+        return named
 
     def _check_input(self, x):
         _check.array("x", x)
