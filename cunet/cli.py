@@ -41,6 +41,9 @@ def _read_pairs(images, labels, num_classes=None):
     for ip, lp in zip(images, labels):
         img, im = data.load_image(ip)
         lab, lm = data.load_label(lp, num_classes)
+        if lab.ndim not in (2, 3):
+            raise ValueError(f"{lp}: expected a 2D or 3D label map (no channel or time axis), got shape "
+                             f"{tuple(lab.shape)} ({lab.ndim}D)")
         img = data.channels_first(img, lab.ndim)   # (*S) or (*S, C) as stored -> (C, *S)
         data.check_pair(ip, lp, img[0], lab, im, lm)
         xs.append(img.astype(np.float32))
@@ -49,11 +52,12 @@ def _read_pairs(images, labels, num_classes=None):
     return xs, ys, metas
 
 
-def _samples(xs, ys, dims, axis, norm_cfg):
-    """Normalised training samples: whole images for 3D, slices of volumes for a 2D model."""
+def _samples(xs, ys, dims, axis, norm_cfg, names):
+    """Normalised training samples: whole images for 3D, slices of volumes for a 2D model.
+    names: the label files (errors name them)."""
     from cunet import data
     out_x, out_y = [], []
-    for x, y in zip(xs, ys):
+    for x, y, name in zip(xs, ys, names):
         x = np.stack([data.normalize(c, norm_cfg) for c in x])
         if dims == 2 and y.ndim == 3:
             sx, sy = data.to_slices(x, y, axis=axis)
@@ -63,8 +67,42 @@ def _samples(xs, ys, dims, axis, norm_cfg):
             out_x.append(x)
             out_y.append(y)
         else:
-            raise ValueError(f"--dims: a {dims}D model cannot train on {y.ndim}D images")
+            raise ValueError(f"{name}: a {dims}D model (--dims {dims}) trains on {dims}D"
+                             f"{' or 3D' if dims == 2 else ''} label maps, this one is {y.ndim}D "
+                             f"(shape {tuple(y.shape)})")
     return out_x, out_y
+
+
+def _classes(ys, names, classes):
+    """The number of classes: --classes, or max label + 1 when the labels present are the
+    consecutive indices 0..K-1 (a 0/255 mask would otherwise make a 256-class model)."""
+    if classes is not None:
+        return classes
+    present = sorted(set().union(*(np.unique(y).tolist() for y in ys)))
+    k = max(2, present[-1] + 1)
+    absent = len(set(range(1, present[-1])) - set(present))   # foreground classes below the largest
+    if absent:
+        shown = ", ".join(map(str, present[:8])) + (", ..." if len(present) > 8 else "")
+        raise ValueError(f"--labels: the label maps hold the values {{{shown}}}, not the consecutive class indices "
+                         f"0..{k - 1} ({absent} of those classes never occur), so the model would get {k} outputs. "
+                         f"A binary mask stored as 0/{present[-1]}? Store it as 0/1 (e.g. mask > 0). Class indices "
+                         f"with some classes absent from these files? Pass --classes {k}. (first file: {names[0]})")
+    return k
+
+
+def _positive(kind):
+    """argparse type: an int (or float) > 0; the error names the option (argparse adds it)."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} > 0, "
+                                             f"got {text!r}") from None
+        if not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a finite number'} > 0, "
+                                             f"got {text!r}")
+        return v
+    return parse
 
 
 def _default_patch(samples, dims, depth):
@@ -79,9 +117,9 @@ def cmd_train(a):
     from cunet import data, losses, optim, train
     _device_arrays(a.device)
     xs, ys, metas = _read_pairs(a.images, a.labels, a.classes)
-    classes = a.classes or max(2, int(max(int(y.max()) for y in ys)) + 1)
+    classes = _classes(ys, a.labels, a.classes)
     norm_cfg = data.default_normalization()
-    tx, ty = _samples(xs, ys, a.dims, a.axis, norm_cfg)
+    tx, ty = _samples(xs, ys, a.dims, a.axis, norm_cfg, a.labels)
     patch = tuple(a.patch) if a.patch else _default_patch(tx, a.dims, a.depth)
     if len(patch) != a.dims or any(p % 2 ** a.depth for p in patch):
         raise ValueError(f"--patch: expected {a.dims} sizes, multiples of 2**depth = {2 ** a.depth}, got {patch}")
@@ -90,7 +128,7 @@ def cmd_train(a):
     val = None
     if a.val_images:
         vx, vy, _ = _read_pairs(a.val_images, a.val_labels or [], classes)
-        vx, vy = _samples(vx, vy, a.dims, a.axis, norm_cfg)
+        vx, vy = _samples(vx, vy, a.dims, a.axis, norm_cfg, a.val_labels)
         val = data.PatchSampler(vx, vy, patch, a.batch_size, max(1, a.steps_per_epoch // 4), fg_fraction=0.5,
                                 seed=a.seed + 1, prefetch=False)
     out_ch = 1 if classes == 2 else classes
@@ -103,11 +141,25 @@ def cmd_train(a):
     sched = optim.PolyLR(opt, total_steps=a.epochs * len(src)) if not a.time_budget else None
     out = Path(a.out)
     run_dir = out.with_name(out.stem + "_run")
+    resume = None
+    if a.resume:
+        resume = run_dir / "last.safetensors"
+        if not resume.is_file():
+            raise ValueError(f"--resume: {run_dir} holds no run to resume (no last.safetensors)")
     print(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
           f" device {a.device}")
-    train.fit(model, loss, opt, src, val, epochs=a.epochs, schedule=sched, out=run_dir, num_classes=classes,
-              time_budget=a.time_budget, graph=a.graph)
-    best = run_dir / ("best.safetensors" if (run_dir / "best.safetensors").exists() else "last.safetensors")
+    try:
+        hist = train.fit(model, loss, opt, src, val, epochs=a.epochs, schedule=sched, out=run_dir,
+                         num_classes=classes, time_budget=a.time_budget, graph=a.graph, resume=resume,
+                         overwrite=a.overwrite)
+    except ValueError as e:
+        if str(e).startswith("out: "):   # fit's wording names its own arguments; say it in options
+            raise ValueError(f"--out: {run_dir} already holds a training run; pass --resume to continue it, "
+                             f"--overwrite to start over, or choose another --out") from None
+        raise
+    # the best checkpoint only when this run chose one on validation data (fit cleared the
+    # directory of earlier runs' files, so a best.safetensors there is this run's)
+    best = run_dir / ("best.safetensors" if hist.best_epoch is not None else "last.safetensors")
     model.load_state_dict(train.load_checkpoint(best)["state"])
     extra = dict(normalization=norm_cfg, classes=classes, axis=a.axis, patch=list(patch),
                  task="segmentation", trained_on=[str(p) for p in a.images])
@@ -118,25 +170,66 @@ def cmd_train(a):
 # ---- predict
 
 
+def _check_output(output, inputs):
+    """OUTPUT must be a writable image path that is none of the input files: refused
+    before any work (a typo would otherwise overwrite the image with its segmentation)."""
+    from cunet.data import io
+    io._format(output)   # a known extension, or ValueError naming the path
+    parent = Path(output).resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"OUTPUT: {output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"OUTPUT: {output}: the folder {parent} is not writable")
+    if Path(output).is_dir():
+        raise ValueError(f"OUTPUT: {output} is a folder; expected a file name")
+    for name, path in inputs:
+        if Path(output).exists() and Path(path).exists() and os.path.samefile(output, path) or \
+                Path(output).resolve() == Path(path).resolve():
+            raise ValueError(f"OUTPUT: {output} is the {name} file; refusing to overwrite it (choose another name)")
+
+
+def _plan(model, path):
+    """The preprocessing a model file stores (cunet train's extras), checked before use:
+    errors name the file and the entry (a damaged or hand-edited file)."""
+    from cunet import data
+    extra = model.extra if isinstance(model.extra, dict) else {}
+    try:
+        norm_cfg = data.check_normalization(extra.get("normalization", data.default_normalization()))
+        axis = extra.get("axis", 2)
+        if axis not in (0, 1, 2) or isinstance(axis, bool):
+            raise ValueError(f"axis: expected 0, 1 or 2, got {axis!r}")
+        task = extra.get("task", "segmentation")
+        if task not in ("segmentation", "restoration"):
+            raise ValueError(f"task: expected 'segmentation' or 'restoration', got {task!r}")
+        patch = extra.get("patch")
+        k = 2 ** model.depth
+        if model.dims == 3 and patch is not None and not (
+                isinstance(patch, list) and len(patch) == 3 and
+                all(isinstance(p, int) and not isinstance(p, bool) and 0 < p <= 4096 and p % k == 0 for p in patch)):
+            raise ValueError(f"patch: expected 3 sizes in (0, 4096], multiples of 2**depth = {k}, got {patch!r}")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"MODEL: {path}: its stored preprocessing is invalid ({e})") from None
+    return norm_cfg, axis, task, (tuple(patch) if model.dims == 3 and patch else None)
+
+
 def cmd_predict(a):
     import cunet
     from cunet import data, infer, metrics
+    _check_output(a.output, [("INPUT", a.input), ("MODEL", a.model)])
     _device_arrays(a.device)
     model = cunet.load(a.model, device=a.device)
-    extra = model.extra or {}
+    norm_cfg, axis, task, window = _plan(model, a.model)
     img, meta = data.load_image(a.input)
     img = data.channels_first(img, 2 if meta["kind"] == "image" else 3)   # PNG/TIFF 2D, NIfTI 3D (+ channels)
-    norm_cfg = extra.get("normalization", data.default_normalization())
     x = np.stack([data.normalize(c, norm_cfg) for c in img]).astype(np.float32)
     if x.shape[0] != model.in_channels:
         raise ValueError(f"INPUT: {a.input} has {x.shape[0]} channels, the model expects {model.in_channels}")
-    window = tuple(extra["patch"]) if model.dims == 3 and extra.get("patch") else None
-    if extra.get("task") == "restoration":
+    if task == "restoration":
         logits = infer.predict_logits(model, x, window=window, tta=a.tta, progress=True)
         data.save_image(a.output, np.asarray(logits[0]), like=meta)
     else:
         if model.dims == 2 and x.ndim == 4:
-            logits = infer.predict_volume_2d(model, x, axis=extra.get("axis", 2), tta=a.tta, progress=True)
+            logits = infer.predict_volume_2d(model, x, axis=axis, tta=a.tta, progress=True)
             labels = metrics.predict(logits[None])[0]
         else:
             labels = infer.predict_labels(model, x, window=window, tta=a.tta, progress=True)
@@ -187,26 +280,31 @@ def parser():
     t.add_argument("--labels", nargs="+", required=True, metavar="LBL")
     t.add_argument("--out", required=True, metavar="MODEL.safetensors")
     t.add_argument("--dims", type=int, choices=(2, 3), default=2, help="2: train on slices of volumes (default)")
-    t.add_argument("--classes", type=int, help="number of classes, background included (default: from labels)")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--time-budget", type=float, metavar="SECONDS",
+    t.add_argument("--classes", type=_positive(int),
+                   help="number of classes, background included (default: from labels)")
+    t.add_argument("--epochs", type=_positive(int), default=20)
+    t.add_argument("--time-budget", type=_positive(float), metavar="SECONDS",
                    help="stop after this many seconds, or after --epochs, whichever comes first")
     t.add_argument("--val-images", nargs="+", metavar="IMG")
     t.add_argument("--val-labels", nargs="+", metavar="LBL")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     t.add_argument("--axis", type=int, default=2, help="slicing axis of volumes for a 2D model")
-    t.add_argument("--base", type=int, default=16)
-    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--base", type=_positive(int), default=16)
+    t.add_argument("--depth", type=_positive(int), default=4)
     t.add_argument("--patch", type=int, nargs="+", help="patch size per spatial axis")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--steps-per-epoch", type=int, default=50)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch-size", type=_positive(int), default=8)
+    t.add_argument("--steps-per-epoch", type=_positive(int), default=50)
+    t.add_argument("--lr", type=_positive(float), default=2e-3)
     t.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="conv GEMM operands on the GPU (float32 master weights; the CPU computes fp32)")
     t.add_argument("--graph", action="store_true", help="replay each training step as a CUDA graph (--device cuda)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in OUT's run directory (same arguments)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over when OUT's run directory holds an earlier run (its checkpoints are deleted)")
     t.set_defaults(run=cmd_train)
     q = sub.add_parser("predict", help="segment an image with a trained model")
     q.add_argument("model", metavar="MODEL")

@@ -87,3 +87,22 @@ def to_numpy(a):
 
 # every ops-vs-reference test runs on the host; the cuda copy is marked gpu
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="session")
+def crop(tmp_path_factory):
+    """A 32 x 32 x 12 crop of real MRI (the MNI template shipped in nilearn: image + 4-class
+    labels) as NIfTI files t1.nii.gz and seg.nii.gz, with a shifted affine so the tests see
+    it carried through. -> (folder, image, labels, affine)."""
+    import nibabel as nib
+    from cunet.data import datasets
+    d = datasets.tissue()
+    cx, cy, cz = 98, 116, 100
+    img = d["image"][0, cx - 16:cx + 16, cy - 16:cy + 16, cz - 6:cz + 6]
+    lab = d["label"][cx - 16:cx + 16, cy - 16:cy + 16, cz - 6:cz + 6]
+    affine = d["affine"].copy()
+    affine[:3, 3] += affine[:3, :3] @ np.array([cx - 16, cy - 16, cz - 6])
+    root = tmp_path_factory.mktemp("crop")
+    nib.save(nib.Nifti1Image(img.astype(np.float32), affine), root / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(lab.astype(np.uint8), affine), root / "seg.nii.gz")
+    return root, img, lab, affine

@@ -12,23 +12,6 @@ import pytest
 from conftest import GPU
 import cunet
 from cunet import cli
-from cunet.data import datasets
-
-
-@pytest.fixture(scope="module")
-def crop(tmp_path_factory):
-    """A 32 x 32 x 12 crop of the template (image + 4-class labels) as NIfTI files,
-    with a shifted affine so the test sees it carried through."""
-    d = datasets.tissue()
-    cx, cy, cz = 98, 116, 100
-    img = d["image"][0, cx - 16:cx + 16, cy - 16:cy + 16, cz - 6:cz + 6]
-    lab = d["label"][cx - 16:cx + 16, cy - 16:cy + 16, cz - 6:cz + 6]
-    affine = d["affine"].copy()
-    affine[:3, 3] += affine[:3, :3] @ np.array([cx - 16, cy - 16, cz - 6])
-    root = tmp_path_factory.mktemp("cli")
-    nib.save(nib.Nifti1Image(img.astype(np.float32), affine), root / "t1.nii.gz")
-    nib.save(nib.Nifti1Image(lab.astype(np.uint8), affine), root / "seg.nii.gz")
-    return root, img, lab, affine
 
 
 def test_train_then_predict_on_real_crop(crop, capsys):

@@ -104,6 +104,9 @@ def _read(path):
             data = np.asanyarray(img.dataobj)   # reads (and decompresses) here: errors surface inside the try
             meta = dict(affine=np.array(img.affine, dtype=np.float64), header=img.header.copy(),
                         dtype=str(img.get_data_dtype()))
+            if not np.isfinite(meta["affine"]).all():   # nothing could be written back onto that grid
+                raise ValueError(f"{path}: the header's affine (sform/qform) holds NaN or infinite values:\n"
+                                 f"{np.array2string(meta['affine'], precision=4)}".replace("\n", " "))
         else:
             from PIL import Image
             with Image.open(path) as im:
