@@ -5,6 +5,7 @@
                 [--val-images ... --val-labels ...] [--device cpu|cuda]
     cunet predict MODEL INPUT OUTPUT [--postprocess] [--tta]
     cunet demo [--task tissue|nuclei|denoise] [--out DIR]
+    cunet export MODEL.safetensors MODEL.onnx [--opset N]
     cunet info
 
 Bad input ends the command with a one-line reason and exit status 2.
@@ -266,6 +267,15 @@ def cmd_info(a):
     print("\n".join(lines))
 
 
+def cmd_export(a):
+    try:
+        from cunet import export
+    except ImportError as e:   # onnx is an optional extra
+        raise SystemExit(f"cunet export: error: {e}") from None
+    export.export_file(a.model, a.output, opset=a.opset)
+    print(f"cunet export: wrote {a.output} (ONNX opset {a.opset}: image -> logits)")
+
+
 def cmd_demo(a):
     from cunet import demo
     _device_arrays(a.device)
@@ -324,6 +334,11 @@ def parser():
     d.set_defaults(run=cmd_demo)
     i = sub.add_parser("info", help="version, build, kernels, GPU")
     i.set_defaults(run=cmd_info)
+    e = sub.add_parser("export", help="write a trained model as ONNX (for ONNX Runtime, TensorRT, ...)")
+    e.add_argument("model", metavar="MODEL.safetensors")
+    e.add_argument("output", metavar="MODEL.onnx")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 or later (default 17)")
+    e.set_defaults(run=cmd_export)
     return p
 
 
@@ -331,7 +346,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:   # OSError: missing, unwritable files
         print(f"cunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

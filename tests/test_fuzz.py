@@ -155,12 +155,11 @@ def _model_mutations(base_model, folder, rng):
         write(f"flip{k}", bytes(b))
     for v in (0, 7, n - 1, n + 8, len(raw), 2 ** 40, 2 ** 64 - 1):
         write(f"headerlen{v}", struct.pack("<Q", v) + raw[8:])
-    keys = sorted(config) + ["bogus"]
-    for k in range(60):   # config values
-        key, value = keys[rng.integers(len(keys))], HOSTILE[rng.integers(len(HOSTILE))]
-        h = json.loads(json.dumps(header))
-        h["__metadata__"]["cunet.model"] = json.dumps(config | {key: value})
-        with_header(f"config_{key}", h)
+    for key in sorted(config) + ["bogus"]:   # every config entry set to every hostile value
+        for value in HOSTILE:
+            h = json.loads(json.dumps(header))
+            h["__metadata__"]["cunet.model"] = json.dumps(config | {key: value})
+            with_header(f"config_{key}", h)
     for k, (key, value) in enumerate([("patch", [0, 0]), ("patch", [10 ** 9, 10 ** 9]), ("patch", "x"),
                                       ("patch", [16]), ("axis", 7), ("axis", "z"), ("task", "restoration"),
                                       ("task", 3), ("normalization", {"scheme": "bogus"}),
@@ -230,6 +229,13 @@ def _nifti_mutations(image, folder, rng, prefix):
             b = bytearray(raw)
             struct.pack_into(fmt, b, at, v)
             write(f"{field}", bytes(b), gz=len(made) % 3 != 0)
+    for dims in [(3, 2000, 2000, 2000), (3, 32767, 32767, 32767), (7, 32767, 32767, 32767), (4, 32, 32, 12),
+                 (3, 1, 1, 2 ** 15 - 1)]:   # sizes far beyond what the file holds
+        for dtype in (16, 64):   # float32, float64
+            b = bytearray(raw)
+            struct.pack_into("<8h", b, 40, *(dims + (32767,) * (8 - len(dims))))
+            struct.pack_into("<hh", b, 70, dtype, 32 if dtype == 16 else 64)
+            write(f"claims{'x'.join(map(str, dims[1:]))}", bytes(b), gz=dtype == 16)
     for cut in sorted(set([0, 100, 347, 348, 352, 400] + rng.integers(353, len(raw), 4).tolist())):
         write(f"cut{cut}", raw[:cut], gz=cut % 2 == 0)
     gz = Path(image).read_bytes()
@@ -263,11 +269,12 @@ def _manifest(tmp, crop):
     labels = _nifti_mutations(root / "seg.nii.gz", folders["labels"], rng, "lbl")
     cases = [dict(kind="load", model=m) for m in models]
     out = lambda k, ext=".nii.gz": str(folders["out"] / f"case{k:04d}{ext}")  # noqa: E731
-    for m in models:
+    pick = lambda paths, n: [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]  # noqa: E731
+    configs = [m for m in models if "_config_" in m]
+    for m in [m for m in models if "_config_" not in m] + pick(configs, 40):
         cases.append(dict(kind="predict", model=m, image=str(root / "t1.nii.gz"), out=out(len(cases))))
     for im in images:
         cases.append(dict(kind="predict", model=str(model), image=im, out=out(len(cases))))
-    pick = lambda paths, n: [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]  # noqa: E731
     for im in pick(images, 12):
         cases.append(dict(kind="train", image=im, label=str(root / "seg.nii.gz"), out=out(len(cases), ".safetensors")))
     for lb in pick(labels, 16):

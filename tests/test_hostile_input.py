@@ -139,7 +139,8 @@ def test_overflowing_weights_give_no_label_map(tmp_path, crop, capsys):
 
 
 @pytest.mark.parametrize("config, names", [
-    (dict(base=10 ** 7), "base, depth"), (dict(depth=12), "base, depth"), (dict(depth=60), "base, depth"),
+    (dict(base=10 ** 7), "base, depth"), (dict(depth=12), "base, depth"),
+    (dict(depth=60), "depth: expected at most 16"),
     (dict(base=1000), "enc0.conv1.weight"), (dict(depth=3), "tensors the file lacks"),
     (dict(dims=3), "enc0.conv1.weight"), (dict(in_channels=10 ** 12), "base, depth"),
     (dict(base="16"), "base"), (dict(dropout=2.0), "dropout"), (dict(bogus=1), "bogus"),
@@ -240,3 +241,42 @@ def test_4d_label_error_names_the_file(crop, tmp_path, capsys):
                    str(tmp_path / "m.safetensors")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "l4.nii.gz" in err and "4D" in err and len(err.splitlines()) == 1
+
+
+# ---- kill -9 at random moments: what is left is whole, and the run can be resumed
+
+def test_killed_training_leaves_whole_files_and_resumes(crop, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    root = crop[0]
+    out, run = tmp_path / "m.safetensors", tmp_path / "m_run"
+    argv = [sys.executable, "-m", "cunet.cli", "train", str(root / "t1.nii.gz"), "--labels", str(root / "seg.nii.gz"),
+            "--out", str(out), "--epochs", "12", "--base", "4", "--depth", "2", "--patch", "32", "32",
+            "--batch-size", "2", "--steps-per-epoch", "3", "--val-images", str(root / "t1.nii.gz"),
+            "--val-labels", str(root / "seg.nii.gz")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed = 0
+    for delay in np.random.default_rng(9).uniform(1.2, 2.6, 3):   # a whole run takes ~6 s
+        resume = ["--resume"] if (run / "last.safetensors").exists() else []
+        p = subprocess.Popen(argv + resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            killed += 1
+        for name in ("last.safetensors", "best.safetensors"):   # under their final names: whole files
+            if (run / name).exists():
+                load_checkpoint(run / name)
+        if (run / "history.json").exists():
+            json.loads((run / "history.json").read_text())
+        if (run / "history.png").exists():
+            assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert killed >= 2   # the kills landed inside runs, not after them
+    resume = ["--resume"] if (run / "last.safetensors").exists() else []
+    done = subprocess.run(argv + resume, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "history.json").read_text())["records"][-1]["step"] == 12 * 3
+    cunet.load(out)
+    assert not list(run.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))

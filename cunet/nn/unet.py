@@ -41,6 +41,7 @@ def _block(ci, co, dims, norm, dropout, seed, init):
 
 
 MAX_PARAMETERS = 2 ** 31   # parameters and buffers of one UNet (8 GiB of float32)
+MAX_DEPTH = 16
 
 
 def state_shapes(config):
@@ -78,6 +79,9 @@ class UNet(Model):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base),
                         ("depth", depth)):
             _check.integer(name, v, lo=1)
+        if depth > MAX_DEPTH:   # inputs are multiples of 2**depth: 65536 voxels a side at the limit
+            raise ValueError(f"depth: expected at most {MAX_DEPTH} (inputs are multiples of 2**depth voxels per "
+                             f"axis), got {depth}")
         _check.choice("up", up, ("transpose", "nearest", "linear"))
         _check.choice("down", down, ("maxpool", "strided"))
         _check.choice("norm", norm, (None, "batch"))
