@@ -609,33 +609,42 @@ constexpr int kChunk = 384;   // q per unit of work splitting
 // out[j*ostride + 16*v ..] = sum over k < K (rows of B, stride Bs) and, with Taps, taps t < nt
 // (at offsets off[t]) of w[(k*nt + t)*kCB + j] * B[k*Bs + off[t] + 16*v ..]. Without Taps
 // (one tap at offset 0) it is a plain GEMM panel: the Winograd and patch GEMMs.
+// The tile is 16*TV/kLanes native vectors wide, accumulated G at a time: all of them with
+// AVX-512 (CB*TV zmm accumulators), 2 elsewhere (CB*2: 12 of AVX2's 16 ymm registers), each
+// group passing over K and the taps again (the B rows it reads are in L1). Every output is
+// summed in the same order either way.
 template <int CB, int TV, bool Taps = true>
 inline void gemm_tile(const float* __restrict__ B, int64_t Bs, int64_t K, const float* __restrict__ w,
                       const int64_t* __restrict__ off, int nt, float* __restrict__ out, int64_t ostride,
                       int64_t ws = kCB) {
-    v16 acc[CB][TV];
+    constexpr int NV = 16 * TV / simd::kLanes, G = simd::kLanes == 16 ? TV : 2;   // NV % G == 0
+    for (int g0 = 0; g0 < NV; g0 += G) {
+        simd::vn acc[CB][G];
 #pragma GCC unroll 16
-    for (int j = 0; j < CB; ++j)
+        for (int j = 0; j < CB; ++j)
 #pragma GCC unroll 16
-        for (int v = 0; v < TV; ++v) acc[j][v] = v16{};
-    for (int64_t c = 0; c < K; ++c, B += Bs) {
-        for (int t = 0; t < (Taps ? nt : 1); ++t, w += ws) {
-            const float* xb = Taps ? B + off[t] : B;
-            v16 wv[CB];
+            for (int v = 0; v < G; ++v) acc[j][v] = simd::vn{};
+        const float* Bc = B + g0 * simd::kLanes;
+        const float* wc = w;
+        for (int64_t c = 0; c < K; ++c, Bc += Bs) {
+            for (int t = 0; t < (Taps ? nt : 1); ++t, wc += ws) {
+                const float* xb = Taps ? Bc + off[t] : Bc;
+                simd::vn wv[CB];
 #pragma GCC unroll 16
-            for (int j = 0; j < CB; ++j) wv[j] = splat(w[j]);
+                for (int j = 0; j < CB; ++j) wv[j] = simd::splatn(wc[j]);
 #pragma GCC unroll 16
-            for (int v = 0; v < TV; ++v) {
-                const v16 xv = load16(xb + 16 * v);
+                for (int v = 0; v < G; ++v) {
+                    const simd::vn xv = simd::loadn(xb + simd::kLanes * v);
 #pragma GCC unroll 16
-                for (int j = 0; j < CB; ++j) acc[j][v] += wv[j] * xv;
+                    for (int j = 0; j < CB; ++j) acc[j][v] += wv[j] * xv;
+                }
             }
         }
+#pragma GCC unroll 16
+        for (int j = 0; j < CB; ++j)
+#pragma GCC unroll 16
+            for (int v = 0; v < G; ++v) simd::storen(out + j * ostride + (g0 + v) * simd::kLanes, acc[j][v]);
     }
-#pragma GCC unroll 16
-    for (int j = 0; j < CB; ++j)
-#pragma GCC unroll 16
-        for (int v = 0; v < TV; ++v) simd::store16(out + j * ostride + 16 * v, acc[j][v]);
 }
 
 // flat_conv's block: wp (Cin, nt, kCB) weights of this channel block, tile (CB, 16*TV).
@@ -704,29 +713,41 @@ constexpr int kCA = 6;    // most rows of A per register block
 constexpr int kCBW = 4;   // most rows of B per register block
 
 // vp (kCA, kCBW) vector partial sums, continued (or started, if first) over q in [q0, q1).
+// Accumulated in native vectors: with AVX-512 the whole CA x CB block at once; elsewhere one
+// native piece of the 16 lanes and two rows of B at a time (CA*2 accumulators), each pass
+// over q reading A again (from L1). Each lane sums over q in order either way.
 template <int CA, int CB>
 inline void dot_block(const float* __restrict__ A, int64_t As, const float* __restrict__ B, int64_t Bs,
                       int64_t q0, int64_t q1, bool first, v16* __restrict__ vp) {
-    v16 acc[CA][CB];
+    constexpr int L = simd::kLanes, G = L == 16 ? CB : 2;
+    float* part = reinterpret_cast<float*>(vp);
+    for (int p = 0; p < 16; p += L)
+        for (int i0 = 0; i0 < CB; i0 += G) {
+            simd::vn acc[CA][G];
+            const int ni = std::min(G, CB - i0);
 #pragma GCC unroll 8
-    for (int j = 0; j < CA; ++j)
+            for (int j = 0; j < CA; ++j)
 #pragma GCC unroll 8
-        for (int i = 0; i < CB; ++i) acc[j][i] = first ? v16{} : vp[j * kCBW + i];
-    for (int64_t q = q0; q < q1; q += 16) {
-        v16 a[CA];
+                for (int i = 0; i < G; ++i)
+                    acc[j][i] = first || i >= ni ? simd::vn{} : simd::loadn(part + (j * kCBW + i0 + i) * 16 + p);
+            for (int64_t q = q0; q < q1; q += 16) {
+                simd::vn a[CA];
 #pragma GCC unroll 8
-        for (int j = 0; j < CA; ++j) a[j] = load16(A + j * As + q);
+                for (int j = 0; j < CA; ++j) a[j] = simd::loadn(A + j * As + q + p);
 #pragma GCC unroll 8
-        for (int i = 0; i < CB; ++i) {
-            const v16 bv = load16(B + i * Bs + q);
+                for (int i = 0; i < G; ++i) {
+                    if (i >= ni) break;
+                    const simd::vn bv = simd::loadn(B + (i0 + i) * Bs + q + p);
 #pragma GCC unroll 8
-            for (int j = 0; j < CA; ++j) acc[j][i] += a[j] * bv;
+                    for (int j = 0; j < CA; ++j) acc[j][i] += a[j] * bv;
+                }
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < CA; ++j)
+#pragma GCC unroll 8
+                for (int i = 0; i < G; ++i)
+                    if (i < ni) simd::storen(part + (j * kCBW + i0 + i) * 16 + p, acc[j][i]);
         }
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < CA; ++j)
-#pragma GCC unroll 8
-        for (int i = 0; i < CB; ++i) vp[j * kCBW + i] = acc[j][i];
 }
 
 template <int CA>

@@ -523,6 +523,23 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));   // unaligned access
 typedef int v16i __attribute__((vector_size(64)));
 
+// The native vector: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON). A 64-byte
+// GCC vector has no machine mode below AVX-512, so GCC keeps arrays of v16 in memory, not in
+// registers: the FMA cores (conv.cuh's gemm_tile and dot_block) accumulate in native
+// vectors, which it keeps in registers on every ISA (with AVX-512, vn is v16).
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float vn __attribute__((vector_size(4 * kLanes)));
+typedef float vnu __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+inline vn loadn(const float* p) { return *reinterpret_cast<const vnu*>(p); }
+inline void storen(float* p, vn v) { *reinterpret_cast<vnu*>(p) = v; }
+inline vn splatn(float s) { return vn{} + s; }
+
 inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 inline v16 splat(float s) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }

@@ -290,7 +290,8 @@ def test_fuzz_model_files_images_and_commands(crop, tmp_path):
     cases = _manifest(tmp_path, crop)
     manifest, results = tmp_path / "cases.json", tmp_path / "results.jsonl"
     manifest.write_text(json.dumps(cases))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     done, crashes, start = {}, [], 0
     while start < len(cases):
         p = subprocess.run([sys.executable, __file__, "worker", str(manifest), str(results), str(start)],
