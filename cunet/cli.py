@@ -4,11 +4,17 @@
                 [--dims 2|3] [--classes K] [--epochs N] [--time-budget SECONDS]
                 [--val-images ... --val-labels ...] [--device cpu|cuda]
     cunet predict MODEL INPUT OUTPUT [--postprocess] [--tta]
+    cunet predict MODEL IN_DIR OUT_DIR [--num-parts K --part-id I] [--overwrite] [...]
     cunet demo [--task tissue|nuclei|denoise] [--out DIR]
     cunet export MODEL.safetensors MODEL.onnx [--opset N]
     cunet info
 
 Bad input ends the command with a one-line reason and exit status 2.
+
+Under `mpiexec -n N` (cunet.distributed.world() finds the launcher), train runs data-
+parallel with --batch-size as the global batch and only rank 0 prints and writes; predict
+on a folder splits the sorted cases across the ranks (case i to rank i % N). A rank that
+fails prints its error naming the rank and aborts the job, so no rank waits for ever.
 """
 import argparse
 import os
@@ -114,9 +120,23 @@ def _default_patch(samples, dims, depth):
 
 
 def cmd_train(a):
+    from cunet import distributed
+    comm = distributed.world()   # None unless under mpiexec with > 1 process
+    with distributed.guard(comm, "cunet train: error"):
+        _train(a, comm)
+
+
+def _train(a, comm):
     import cunet
-    from cunet import data, losses, optim, train
+    from cunet import data, distributed, losses, optim, train
+    root = distributed.rank(comm) == 0
+    say = print if root else (lambda *args: None)
     _device_arrays(a.device)
+    if a.device == "cuda" and comm is not None:
+        distributed.use_local_gpu(comm)   # one process per GPU: device = local rank
+    if comm is not None and a.batch_size % comm.Get_size():
+        raise ValueError(f"--batch-size: expected a multiple of the number of ranks ({comm.Get_size()}): it is the "
+                         f"global batch, split across ranks; got {a.batch_size}")
     xs, ys, metas = _read_pairs(a.images, a.labels, a.classes)
     classes = _classes(ys, a.labels, a.classes)
     norm_cfg = data.default_normalization()
@@ -147,17 +167,21 @@ def cmd_train(a):
         resume = run_dir / "last.safetensors"
         if not resume.is_file():
             raise ValueError(f"--resume: {run_dir} holds no run to resume (no last.safetensors)")
-    print(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
-          f" device {a.device}")
+    elif comm is not None and not a.overwrite and any((run_dir / n).exists() for n in train.RUN_FILES):
+        raise ValueError(_held(run_dir))   # (one process: fit's own check, reworded below)
+    ranks = "" if comm is None else f", {comm.Get_size()} ranks x {a.batch_size // comm.Get_size()} samples"
+    say(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
+          f" device {a.device}{ranks}")
     try:
         hist = train.fit(model, loss, opt, src, val, epochs=a.epochs, schedule=sched, out=run_dir,
                          num_classes=classes, time_budget=a.time_budget, graph=a.graph, resume=resume,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, comm=comm)
     except ValueError as e:
         if str(e).startswith("out: "):   # fit's wording names its own arguments; say it in options
-            raise ValueError(f"--out: {run_dir} already holds a training run; pass --resume to continue it, "
-                             f"--overwrite to start over, or choose another --out") from None
+            raise ValueError(_held(run_dir)) from None
         raise
+    if not root:
+        return
     # the best checkpoint only when this run chose one on validation data (fit cleared the
     # directory of earlier runs' files, so a best.safetensors there is this run's)
     best = run_dir / ("best.safetensors" if hist.best_epoch is not None else "last.safetensors")
@@ -165,7 +189,12 @@ def cmd_train(a):
     extra = dict(normalization=norm_cfg, classes=classes, axis=a.axis, patch=list(patch),
                  task="segmentation", trained_on=[str(p) for p in a.images])
     train.save_checkpoint(out, model, loss=loss, extra=extra)
-    print(f"cunet train: wrote {out} (weights of {best.name}; history in {run_dir})")
+    say(f"cunet train: wrote {out} (weights of {best.name}; history in {run_dir})")
+
+
+def _held(run_dir):
+    return (f"--out: {run_dir} already holds a training run; pass --resume to continue it, "
+            f"--overwrite to start over, or choose another --out")
 
 
 # ---- predict
@@ -214,30 +243,121 @@ def _plan(model, path):
 
 
 def cmd_predict(a):
-    import cunet
-    from cunet import data, infer, metrics
+    if Path(a.input).is_dir():
+        return _predict_folder(a)
+    if a.num_parts is not None or a.part_id is not None:
+        raise ValueError(f"--num-parts, --part-id: split a folder of cases; INPUT {a.input} is a file")
     _check_output(a.output, [("INPUT", a.input), ("MODEL", a.model)])
+    model, plan = _load_model(a)
+    _predict_file(model, plan, a.input, a.output, a, progress=True)
+    print(f"cunet predict: wrote {a.output}")
+
+
+def _load_model(a):
+    """(model on a.device, its checked preprocessing plan)."""
+    import cunet
     _device_arrays(a.device)
     model = cunet.load(a.model, device=a.device)
-    norm_cfg, axis, task, window = _plan(model, a.model)
-    img, meta = data.load_image(a.input)
+    return model, _plan(model, a.model)
+
+
+def _predict_file(model, plan, input, output, a, progress):
+    """One image file -> its label map (or restored image) at `output`, written atomically."""
+    from cunet import data, infer, metrics
+    norm_cfg, axis, task, window = plan
+    img, meta = data.load_image(input)
     img = data.channels_first(img, 2 if meta["kind"] == "image" else 3)   # PNG/TIFF 2D, NIfTI 3D (+ channels)
     x = np.stack([data.normalize(c, norm_cfg) for c in img]).astype(np.float32)
     if x.shape[0] != model.in_channels:
-        raise ValueError(f"INPUT: {a.input} has {x.shape[0]} channels, the model expects {model.in_channels}")
+        raise ValueError(f"INPUT: {input} has {x.shape[0]} channels, the model expects {model.in_channels}")
     if task == "restoration":
-        logits = infer.predict_logits(model, x, window=window, tta=a.tta, progress=True)
-        data.save_image(a.output, np.asarray(logits[0]), like=meta)
+        logits = infer.predict_logits(model, x, window=window, tta=a.tta, progress=progress)
+        data.save_image(output, np.asarray(logits[0]), like=meta)
     else:
         if model.dims == 2 and x.ndim == 4:
-            logits = infer.predict_volume_2d(model, x, axis=axis, tta=a.tta, progress=True)
+            logits = infer.predict_volume_2d(model, x, axis=axis, tta=a.tta, progress=progress)
             labels = metrics.predict(logits[None])[0]
         else:
-            labels = infer.predict_labels(model, x, window=window, tta=a.tta, progress=True)
+            labels = infer.predict_labels(model, x, window=window, tta=a.tta, progress=progress)
         if a.postprocess:
             labels = infer.postprocess(labels)
-        data.save_label(a.output, labels, like=meta)
-    print(f"cunet predict: wrote {a.output}")
+        data.save_label(output, labels, like=meta)
+
+
+def _cases(folder):
+    """The image files of a folder (NIfTI, PNG, TIFF; hidden files and others ignored), sorted by name."""
+    from cunet.data import io
+    names = []
+    for p in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        try:
+            io._extension(p.name)
+        except ValueError:
+            continue
+        if p.is_file() and not p.name.startswith("."):
+            names.append(p.name)
+    return names
+
+
+def _predict_folder(a):
+    """Every case of IN_DIR -> OUT_DIR/<same name>. This process's cases: the sorted list,
+    split by --num-parts/--part-id (case i to part i % K), then across MPI ranks (i % N).
+    Existing outputs are skipped unless --overwrite; a case that fails is reported (name
+    and reason on stderr) and the others still run; exit status 2 at the end if any failed."""
+    from cunet import distributed
+    k, i = a.num_parts, a.part_id
+    if (k is None) != (i is None):
+        raise ValueError(f"--num-parts, --part-id: expected both or neither, got --num-parts {k}, --part-id {i}")
+    if k is not None and not 0 <= i < k:
+        raise ValueError(f"--part-id: expected 0..{k - 1} (--num-parts {k}), got {i}")
+    out_dir = Path(a.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"OUTPUT: {out_dir} is a file; with a folder INPUT expected a folder")
+    if out_dir.exists() and out_dir.resolve() == Path(a.input).resolve():
+        raise ValueError(f"OUTPUT: {out_dir} is the INPUT folder; refusing to write over the images "
+                         f"(choose another folder)")
+    names = _cases(a.input)
+    if not names:
+        raise ValueError(f"INPUT: {a.input} holds no NIfTI, PNG or TIFF files")
+    comm = distributed.world()
+    with distributed.guard(comm, "cunet predict: error"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise ValueError(f"OUTPUT: the folder {out_dir} is not writable")
+        mine = names if k is None else distributed.part(names, i, k)
+        mine = distributed.part(mine, distributed.rank(comm), distributed.size(comm))
+        model, plan = _load_model(a)
+        done = skipped = 0
+        failed = []
+        for name in mine:
+            src, dst = Path(a.input) / name, out_dir / name
+            if dst.exists() and not a.overwrite:
+                skipped += 1
+                continue
+            try:
+                _check_output(str(dst), [("INPUT", src), ("MODEL", a.model)])
+                _predict_file(model, plan, str(src), str(dst), a, progress=False)
+            except (ValueError, TypeError, OSError, FloatingPointError) as e:   # this case only
+                failed.append(name)
+                why = str(e) if name in str(e) else f"{src}: {e}"   # (the readers' errors name the file)
+                print(f"cunet predict: {why}", file=sys.stderr, flush=True)
+                continue
+            done += 1
+            print(f"cunet predict: wrote {dst}", flush=True)
+        counts = [done, skipped, len(failed), len(mine)]
+        if comm is not None:   # totals on every rank (so every rank exits with the same status)
+            distributed.sleep_barrier(comm)
+            counts = [int(v) for v in distributed.allsum(comm, counts)]
+    done, skipped, bad, n = counts
+    part_txt = "" if k is None else f" (part {i} of {k})"
+    if distributed.rank(comm) == 0:
+        print(f"cunet predict: {done} written, {skipped} skipped (existing; --overwrite redoes them), {bad} failed, "
+              f"of {n} cases{part_txt} in {a.input}")
+    if bad:
+        raise _CasesFailed(f"{bad} of {n} cases failed (named above)" if distributed.rank(comm) == 0 else None)
+
+
+class _CasesFailed(ValueError):
+    """Some cases of a folder failed; each was reported already (message None: say nothing more)."""
 
 
 # ---- info
@@ -316,13 +436,18 @@ def parser():
     t.add_argument("--overwrite", action="store_true",
                    help="start over when OUT's run directory holds an earlier run (its checkpoints are deleted)")
     t.set_defaults(run=cmd_train)
-    q = sub.add_parser("predict", help="segment an image with a trained model")
+    q = sub.add_parser("predict", help="segment an image, or every image of a folder, with a trained model")
     q.add_argument("model", metavar="MODEL")
-    q.add_argument("input", metavar="INPUT")
-    q.add_argument("output", metavar="OUTPUT")
+    q.add_argument("input", metavar="INPUT", help="an image file, or a folder of them (NIfTI, PNG, TIFF)")
+    q.add_argument("output", metavar="OUTPUT", help="the output file, or for a folder INPUT the output folder")
     q.add_argument("--postprocess", action="store_true", help="keep the largest component per class, fill holes")
     q.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
     q.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    q.add_argument("--num-parts", type=_positive(int), metavar="K",
+                   help="with a folder INPUT: split its sorted cases into K parts (job arrays, no MPI needed)")
+    q.add_argument("--part-id", type=int, metavar="I", help="the part this job predicts: case i if i %% K == I")
+    q.add_argument("--overwrite", action="store_true",
+                   help="with a folder INPUT: predict cases whose output exists (default: skip them)")
     q.set_defaults(run=cmd_predict)
     d = sub.add_parser("demo", help="train and evaluate on real data shipped in packages")
     d.add_argument("--task", choices=("tissue", "nuclei", "denoise"), default="tissue")
@@ -347,7 +472,8 @@ def main(argv=None):
     try:
         args.run(args)
     except (ValueError, TypeError, OSError, FloatingPointError) as e:   # OSError: missing, unwritable files
-        print(f"cunet {args.command}: error: {e}", file=sys.stderr)
+        if not (isinstance(e, _CasesFailed) and e.args[0] is None):
+            print(f"cunet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cunet {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ coordinate them, NCCL (CuPy's cupy.cuda.nccl) for the gradients of models on GPU
         dp.mean(values)             #   host float values averaged over ranks (step losses)
         dp.decide(value)            #   rank 0's value on every rank (the time-budget stop)
         dp.wait_for_root()          #   a barrier that sleeps instead of spinning (rank 0 validates)
+    allsum(comm, values), sleep_barrier(comm)
     Shard(source, rank, size)       # rank r's contiguous slice of every global batch of a source
     guard(comm, what)               # with-block: an exception on one rank -> its message naming the
                                     # rank on stderr, then comm.Abort, so no other rank hangs
@@ -47,7 +48,8 @@ import traceback
 
 import numpy as np
 
-__all__ = ["world", "rank", "size", "local_rank", "use_local_gpu", "DataParallel", "Shard", "guard", "part"]
+__all__ = ["world", "rank", "size", "local_rank", "use_local_gpu", "DataParallel", "Shard", "guard", "part", "allsum",
+           "sleep_barrier"]
 
 INSTALL = "pip install 'cunet[mpi]'"
 # process-count variables set by launchers: MPICH/Intel MPI (hydra), Open MPI, MVAPICH, Slurm's srun --mpi=pmi2
@@ -181,21 +183,31 @@ class DataParallel:
 
     def mean(self, values):
         """A list of host floats -> their element-wise mean over ranks (one Allreduce)."""
-        a = np.asarray(values, np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
-        return (a / self.size).tolist()
+        return (np.asarray(allsum(self.comm, values)) / self.size).tolist()
 
     def decide(self, value):
         """rank 0's (picklable) value, on every rank."""
         return self.comm.bcast(value, root=0)
 
-    def wait_for_root(self, poll=0.002):
-        """A barrier that polls and sleeps: the ranks that do not validate or write
-        checkpoints wait for rank 0 here without spinning a core (MPI's blocking calls
-        busy-wait)."""
-        req = self.comm.Ibarrier()
-        while not req.Test():
-            time.sleep(poll)
+    def wait_for_root(self):
+        """The ranks that do not validate or write checkpoints wait for rank 0 here,
+        asleep (sleep_barrier)."""
+        sleep_barrier(self.comm)
+
+
+def allsum(comm, values):
+    """A list of host numbers -> their element-wise sum over the ranks (float64, one Allreduce)."""
+    a = np.asarray(values, np.float64)
+    comm.Allreduce(mpi().IN_PLACE, a, op=mpi().SUM)
+    return a.tolist()
+
+
+def sleep_barrier(comm, poll=0.002):
+    """A barrier that polls and sleeps: MPI's blocking calls busy-wait, and a rank spinning
+    while another works takes a core from it (the 2-core machines this is tested on)."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll)
 
 
 def _nccl_communicator(comm):

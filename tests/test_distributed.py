@@ -58,6 +58,11 @@ WORKER = textwrap.dedent('''
     if mode == "equal":
         train.fit(model, losses.CE(), opt, src, steps=steps, progress=False, log=None, comm=comm)
         np.save(f"{out}.{r}.npy", np.asarray(model.params))
+    elif mode.startswith("epochs="):   # epochs=E[,resume]: a run in `out`, or resumed from its last checkpoint
+        resume = f"{out}/last.safetensors" if mode.endswith(",resume") else None
+        train.fit(model, losses.CE(), opt, src, epochs=int(mode[7:].split(",")[0]), out=out, resume=resume,
+                  progress=False, log=None, comm=comm)
+        np.save(f"{out}.{r}.npy", np.asarray(model.params))
     else:
         train.fit(model, losses.CE(), opt, Faulty(), epochs=10, out=out, progress=False, log=None, comm=comm)
 ''')
@@ -168,3 +173,116 @@ def test_nccl_one_rank_matches_plain_step():
         train.fit(model, losses.CE(), opt, (x, y), steps=3, progress=False, log=None, comm=comm)
         runs.append(model.params.get())
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_repeats_the_data_parallel_run(worker, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for out, mode in ((whole, "epochs=4"), (cut, "epochs=2"), (cut, "epochs=4,resume")):
+        res = _mpiexec(2, sys.executable, worker, 2, 0, 4, out, mode)
+        assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(np.load(f"{cut}.0.npy"), np.load(f"{whole}.0.npy"))
+    np.testing.assert_array_equal(np.load(f"{cut}.1.npy"), np.load(f"{whole}.0.npy"))
+    assert train.load_checkpoint(cut / "last.safetensors")["train"]["step"] == 16
+
+
+# ---- the command under mpiexec
+
+
+def _volume(root, name, seed):
+    import nibabel as nib
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100, 20, (32, 32, 4)).astype(np.float32)
+    lab = (img > 105).astype(np.uint8)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), root / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), root / f"{name}_seg.nii.gz")
+    return root / f"{name}.nii.gz", root / f"{name}_seg.nii.gz"
+
+
+def test_cli_train_under_mpiexec_writes_once(tmp_path):
+    img, lab = _volume(tmp_path, "a", 0)
+    model = tmp_path / "m.safetensors"
+    args = [sys.executable, "-m", "cunet.cli", "train", img, "--labels", lab, "--out", model, "--epochs", "2",
+            "--base", "4", "--depth", "2", "--patch", "32", "32", "--batch-size", "4", "--steps-per-epoch", "2",
+            "--no-batchnorm"]
+    res = _mpiexec(2, *args)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("cunet train: wrote") == 1 and "2 ranks x 2 samples" in res.stdout, res.stdout
+    assert res.stdout.count("epoch 2/2") == 1
+    assert train.load_checkpoint(tmp_path / "m_run" / "last.safetensors")["train"]["ranks"] == 2
+    train.load(model)
+    again = _mpiexec(2, *args)   # the run directory holds a run: refused on every rank, job ended
+    assert again.returncode != 0 and "--out:" in again.stderr and "already holds a training run" in again.stderr
+    odd = _mpiexec(2, *[("3" if prev == "--batch-size" else v) for prev, v in zip([None] + args, args)], "--overwrite")
+    assert odd.returncode != 0 and "--batch-size: expected a multiple of the number of ranks (2)" in odd.stderr
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """A folder of 5 PNG and 1 NIfTI cases plus one corrupt PNG, and an (untrained) 2D model file."""
+    import cunet
+    from PIL import Image
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 48), dtype=np.uint8)).save(cases / f"case{i}.png")
+    _volume(cases, "vol", 2)
+    (cases / "vol_seg.nii.gz").unlink()
+    (cases / "case2b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (cases / "notes.txt").write_text("not an image: ignored")
+    model = tmp_path / "model.safetensors"
+    train.save_checkpoint(model, cunet.UNet(dims=2, out_channels=1, base=4, depth=2, seed=3),
+                          extra={"task": "segmentation", "axis": 2})
+    return model, cases
+
+
+GOOD = ["case0.png", "case1.png", "case2.png", "case3.png", "case4.png", "vol.nii.gz"]
+
+
+def _outputs(folder):
+    from cunet import data
+    return {p.name: data.load_label(p)[0] for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def test_predict_folder_reports_the_bad_case_and_finishes_the_others(cohort, tmp_path, capsys):
+    from cunet import cli
+    model, cases = cohort
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(model), str(cases), str(out)]) == 2
+    cap = capsys.readouterr()
+    bad = [line for line in cap.err.splitlines() if "case2b.png" in line]
+    assert len(bad) == 1 and bad[0].startswith(f"cunet predict: {cases / 'case2b.png'}: "), cap.err
+    assert "1 of 7 cases failed" in cap.err
+    assert "6 written, 0 skipped" in cap.out and "1 failed, of 7 cases" in cap.out
+    ref = _outputs(out)
+    assert sorted(ref) == GOOD and ref["vol.nii.gz"].shape == (32, 32, 4) and ref["case0.png"].shape == (32, 48)
+    # a restarted job skips what exists; --overwrite redoes it
+    assert cli.main(["predict", str(model), str(cases), str(out)]) == 2
+    assert "0 written, 6 skipped" in capsys.readouterr().out
+    assert cli.main(["predict", str(model), str(cases), str(out), "--overwrite"]) == 2
+    assert "6 written, 0 skipped" in capsys.readouterr().out
+    # job arrays: two parts, each case once, the same outputs
+    parts = tmp_path / "parts"
+    rcs = [cli.main(["predict", str(model), str(cases), str(parts), "--num-parts", "2", "--part-id", str(i)])
+           for i in range(2)]
+    cap = capsys.readouterr()
+    assert sorted(rcs) == [0, 2] and cap.err.count("case2b.png: ") == 1   # the bad case is in one part only
+    got = _outputs(parts)
+    assert sorted(got) == GOOD and all(np.array_equal(got[n], ref[n]) for n in GOOD)
+    assert cli.main(["predict", str(model), str(cases), str(parts), "--num-parts", "2", "--part-id", "2"]) == 2
+    assert "--part-id: expected 0..1 (--num-parts 2), got 2" in capsys.readouterr().err
+    assert cli.main(["predict", str(model), str(cases), str(cases)]) == 2
+    assert "is the INPUT folder" in capsys.readouterr().err
+
+
+def test_predict_folder_under_mpiexec_matches_one_process(cohort, tmp_path):
+    from cunet import cli
+    model, cases = cohort
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(["predict", str(model), str(cases), str(one)]) == 2
+    res = _mpiexec(2, sys.executable, "-m", "cunet.cli", "predict", model, cases, two)
+    assert res.returncode != 0
+    assert res.stderr.count(f"cunet predict: {cases / 'case2b.png'}: ") == 1, res.stderr
+    assert res.stdout.count("cunet predict: wrote") == 6 and res.stdout.count("6 written") == 1, res.stdout
+    ref, got = _outputs(one), _outputs(two)
+    assert sorted(got) == GOOD and all(np.array_equal(got[n], ref[n]) for n in GOOD)
