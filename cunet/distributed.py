@@ -220,7 +220,8 @@ def _nccl_communicator(comm):
         ok = False
     if not ok:
         raise ImportError("a distributed run on 'cuda' all-reduces through NCCL, which CuPy cannot load here; "
-                          "install it (pip install 'nvidia-nccl-cu13>=2.27') or build CuPy against your NCCL")
+                          "install it with the gpu extra (pip install 'cunet[gpu,mpi]'; the library alone: pip install "
+                          "'nvidia-nccl-cu13>=2.27.7,<3') or build CuPy against your NCCL")
     uid = nccl.get_unique_id() if comm.Get_rank() == 0 else None
     uid = comm.bcast(uid, root=0)
     return nccl.NcclCommunicator(comm.Get_size(), uid, comm.Get_rank())
