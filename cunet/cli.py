@@ -7,6 +7,7 @@
     cunet predict MODEL IN_DIR OUT_DIR [--num-parts K --part-id I] [--overwrite] [...]
     cunet demo [--task tissue|nuclei|denoise] [--out DIR]
     cunet export MODEL.safetensors MODEL.onnx [--opset N]
+    cunet evaluate PRED_DIR REF_DIR [--json FILE] [--labels L ...] [--plot FILE.png]
     cunet info
 
 Bad input ends the command with a one-line reason and exit status 2.
@@ -396,6 +397,28 @@ def cmd_export(a):
     print(f"cunet export: wrote {a.output} (ONNX opset {a.opset}: image -> logits)")
 
 
+def cmd_evaluate(a):
+    """Score PRED_DIR against REF_DIR (cunet.evaluate): the table on stdout, --json, --plot.
+    Output paths are checked before the cases are read."""
+    from cunet import evaluate
+    for opt, path, ext in (("--json", a.json, ".json"), ("--plot", a.plot, ".png")):
+        if path is None:
+            continue
+        if not path.lower().endswith(ext):
+            raise ValueError(f"{opt}: expected a {ext} file name, got {path}")
+        folder = Path(path).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ValueError(f"{opt}: cannot write {path} (the folder {folder} does not exist or is not writable)")
+    summary = evaluate.evaluate_folder(a.pred_dir, a.ref_dir, labels=a.labels)
+    print(evaluate.table(summary))
+    if a.json:
+        evaluate.write_json(summary, a.json)
+        print(f"cunet evaluate: wrote {a.json}")
+    if a.plot:
+        evaluate.plot_dice(summary, a.plot)
+        print(f"cunet evaluate: wrote {a.plot}")
+
+
 def cmd_demo(a):
     from cunet import demo
     _device_arrays(a.device)
@@ -464,6 +487,14 @@ def parser():
     e.add_argument("output", metavar="MODEL.onnx")
     e.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 or later (default 17)")
     e.set_defaults(run=cmd_export)
+    v = sub.add_parser("evaluate", help="score predicted label maps against references (Dice, IoU, HD95, ASSD)")
+    v.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label maps, same file names as in REF_DIR")
+    v.add_argument("ref_dir", metavar="REF_DIR", help="reference label maps (NIfTI, PNG, TIFF)")
+    v.add_argument("--json", metavar="FILE", help="write the scores as nnU-Net v2's summary.json layout")
+    v.add_argument("--labels", type=int, nargs="+", metavar="L",
+                   help="classes to score (default: every foreground label in some reference or prediction)")
+    v.add_argument("--plot", metavar="FILE.png", help="write a box plot of the per-case Dice of each class")
+    v.set_defaults(run=cmd_evaluate)
     return p
 
 
