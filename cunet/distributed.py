@@ -11,10 +11,12 @@ coordinate them, NCCL (CuPy's cupy.cuda.nccl) for the gradients of models on GPU
         dp.mean(values)             #   host float values averaged over ranks (step losses)
         dp.decide(value)            #   rank 0's value on every rank (the time-budget stop)
         dp.wait_for_root()          #   a barrier that sleeps instead of spinning (rank 0 validates)
+    same(comm, **fields)            # every rank's fields equal, else AllRanks naming the fields and ranks
     allsum(comm, values), sleep_barrier(comm)
     Shard(source, rank, size)       # rank r's contiguous slice of every global batch of a source
     guard(comm, what)               # with-block: an exception on one rank -> its message naming the
-                                    # rank on stderr, then comm.Abort, so no other rank hangs
+                                    # rank on stderr, then comm.Abort, so no other rank hangs;
+                                    # AllRanks (raised on every rank at once): rank 0 prints, all exit 2
     part(items, part_id, num_parts) # items[i] for i % num_parts == part_id (cohort prediction)
 
 Data parallelism here is DDP's: every rank holds the whole model; rank r trains on
@@ -49,7 +51,7 @@ import traceback
 import numpy as np
 
 __all__ = ["world", "rank", "size", "local_rank", "use_local_gpu", "DataParallel", "Shard", "guard", "part", "allsum",
-           "sleep_barrier"]
+           "sleep_barrier", "same", "AllRanks"]
 
 INSTALL = "pip install 'cunet[mpi]'"
 # process-count variables set by launchers: MPICH/Intel MPI (hydra), Open MPI, MVAPICH, Slurm's srun --mpi=pmi2
@@ -195,6 +197,30 @@ class DataParallel:
         sleep_barrier(self.comm)
 
 
+class AllRanks(ValueError):
+    """An error that every rank raises at the same point, after a collective that told each
+    of them (same): guard prints it once, from rank 0, and every rank exits with status 2."""
+
+
+def same(comm, **fields):
+    """Checks that every rank passes equal (picklable) fields, e.g. the parameter count and
+    the number of steps a fit will take: ranks that disagree would wait for each other in
+    mismatched collectives for ever. -> None; AllRanks on every rank naming the fields and
+    each rank's value."""
+    if comm is None or comm.Get_size() == 1:
+        return
+    flat = {}
+    for k, v in fields.items():   # a dict field compared (and named) entry by entry: config.base
+        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    fields = flat
+    every = comm.allgather(fields)
+    bad = [k for k in dict.fromkeys(k for f in every for k in f) if any(f.get(k) != every[0].get(k) for f in every)]
+    if bad:
+        shown = "; ".join(f"{k}: " + ", ".join(f"rank {r} {f.get(k)!r}" for r, f in enumerate(every)) for k in bad)
+        raise AllRanks(f"the ranks disagree ({shown}); every rank must make the same call (same arguments, data "
+                       f"of the same length, the same checkpoint)")
+
+
 def allsum(comm, values):
     """A list of host numbers -> their element-wise sum over the ranks (float64, one Allreduce)."""
     a = np.asarray(values, np.float64)
@@ -279,20 +305,39 @@ def guard(comm, what="cunet"):
     """Runs a block in which every rank takes part in collectives. When one rank raises,
     the others would wait for it forever: print `what: rank r of N failed: <error>` (and
     the traceback for errors that are not cunet's own ValueError/TypeError/OSError) to
-    stderr, then comm.Abort(1), which ends every process of the job (mpiexec exits
-    non-zero). Without a communicator, or with one process, the exception propagates."""
+    stderr, then comm.Abort, which ends every process of the job (mpiexec exits
+    non-zero), and end this process (MPICH's MPI_Abort returns, and the code after the
+    block must not run: it would see the block's work as done). AllRanks, raised on
+    every rank together: `what: <error>` once, from rank 0, then every rank exits with
+    status 2 (no abort). Without a communicator, or with one process, the exception
+    propagates."""
     try:
         yield
     except BaseException as e:
         if comm is None or comm.Get_size() == 1 or isinstance(e, SystemExit) and not e.code:
             raise
         r, n = comm.Get_rank(), comm.Get_size()
+        if isinstance(e, AllRanks):
+            if r == 0:
+                print(f"{what}: {e}", file=sys.stderr, flush=True)
+            sleep_barrier(comm)   # rank 0 has printed before any rank leaves (mpiexec ends the job at the first exit)
+            _exit(2)
         kind = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
         if not isinstance(e, (ValueError, TypeError, OSError, FloatingPointError, KeyboardInterrupt, SystemExit)):
             traceback.print_exc(file=sys.stderr)
         print(f"{what}: rank {r} of {n} failed: {kind}; aborting all {n} ranks", file=sys.stderr, flush=True)
+        code = 2 if isinstance(e, (ValueError, TypeError, OSError, FloatingPointError)) else 1
         sys.stdout.flush()
-        comm.Abort(2 if isinstance(e, (ValueError, TypeError, OSError, FloatingPointError)) else 1)
+        comm.Abort(code)
+        _exit(code)
+
+
+def _exit(code):
+    """Ends this process now (no atexit handlers: mpi4py's would MPI_Finalize, which waits for
+    ranks that will never get there)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def part(items, part_id, num_parts):

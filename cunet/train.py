@@ -356,9 +356,12 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
     norm, whose statistics are per rank, dropout, whose masks are per rank, or the pooled
     Dice terms). Rank 0 alone validates, writes `out` and logs (the History of the other
     ranks lacks the validation entries); the time budget is rank 0's clock; every rank
-    reads `resume` (a shared file system). An exception on any rank prints its message
-    naming the rank and aborts the whole job (comm.Abort): no rank waits forever for a
-    dead one. A model on "cuda" all-reduces through NCCL, one GPU per rank (see
+    reads `resume` (a shared file system). Before the first step the ranks check that they
+    agree on the model's size and config, the device, the number of batches per epoch,
+    epochs, steps, whether there is a time budget, the starting step and the optimizer
+    and its lr (else cunet.distributed.AllRanks, naming them, on every rank). An exception
+    on any rank prints its message naming the rank and aborts the whole job (comm.Abort):
+    no rank waits forever for a dead one. A model on "cuda" all-reduces through NCCL, one GPU per rank (see
     cunet.distributed.use_local_gpu)."""
     if epochs is None and steps is None and time_budget is None:
         raise ValueError("epochs, steps, time_budget: expected at least one of them, got none")
@@ -401,9 +404,15 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
             epoch, batch, step, history, saved_extra = _resume(resume, model, optimizer, schedule,
                                                                distributed.size(comm))
             extra = saved_extra if extra is None else extra
-        if dp is not None:
-            dp.broadcast_parameters()   # the same start on every rank (fresh init or checkpoint)
         n_batches = len(train)
+        if dp is not None:
+            # ranks that disagree on these would meet in mismatched collectives and wait for ever
+            distributed.same(comm, params=int(model.params.size), buffers=int(model.buffers.size),
+                             config={k: v for k, v in model.config.items() if k not in ("seed", "init")},
+                             device=model.device, batches=n_batches, epochs=epochs, steps=steps,
+                             time_budget=time_budget is not None, start=(epoch, batch, step),
+                             optimizer=(type(optimizer).__name__, float(optimizer.lr)))
+            dp.broadcast_parameters()   # the same start on every rank (fresh init or checkpoint)
         total = min(steps or math.inf, epochs * n_batches if epochs else math.inf)
         from tqdm.auto import tqdm
         bar = tqdm(total=None if total == math.inf else total, initial=min(step, total), disable=not progress,

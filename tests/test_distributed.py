@@ -63,8 +63,12 @@ WORKER = textwrap.dedent('''
         train.fit(model, losses.CE(), opt, src, epochs=int(mode[7:].split(",")[0]), out=out, resume=resume,
                   progress=False, log=None, comm=comm)
         np.save(f"{out}.{r}.npy", np.asarray(model.params))
+    elif mode == "mismatch":   # rank 1 asks for one epoch more: it would wait in an all-reduce for ever
+        train.fit(model, losses.CE(), opt, src, epochs=2 + r, progress=False, log=None, comm=comm)
+        open(f"{out}.after.{r}", "w").close()
     else:
         train.fit(model, losses.CE(), opt, Faulty(), epochs=10, out=out, progress=False, log=None, comm=comm)
+        open(f"{out}.after.{r}", "w").close()   # a failed fit must not return (MPICH's MPI_Abort does)
 ''')
 
 
@@ -117,7 +121,16 @@ def test_rank_failure_aborts_all_and_keeps_checkpoint(worker, tmp_path):
     ckpt = train.load_checkpoint(out / "last.safetensors")   # written by rank 0 after epochs 1 and 2
     assert ckpt["train"]["step"] == 8 and ckpt["train"]["ranks"] == 2
     assert not list(out.glob(".*.tmp"))
+    assert not list(tmp_path.glob("run.after.*"))   # no rank ran the caller's code after its fit failed
     train.load(out / "last.safetensors")
+
+
+def test_ranks_that_disagree_stop_before_the_first_step(worker, tmp_path):
+    res = _mpiexec(2, sys.executable, worker, 2, 0, 4, tmp_path / "m", "mismatch")   # TimeoutExpired = a hang
+    assert res.returncode == 2, res.stderr
+    # said once (rank 0), every rank leaving by itself: no abort
+    assert res.stderr.count("cunet.train.fit: the ranks disagree (epochs: rank 0 2, rank 1 3)") == 1, res.stderr
+    assert "MPI_Abort" not in res.stderr and not list(tmp_path.glob("m.after.*"))
 
 
 def test_shard_splits_each_batch_once():
