@@ -1025,9 +1025,41 @@ inline void dots_as_gemm(const float* A, int64_t Ra, int64_t As, const float* B,
 }
 
 // B^T d B along one axis: (d0 - d2, d1 + d2, d2 - d1, d1 - d3).
-inline void winograd_in4(v16& d0, v16& d1, v16& d2, v16& d3) {
-    const v16 a = d0 - d2, b = d1 + d2, c = d2 - d1, e = d1 - d3;
+template <class V>
+inline void winograd_in4(V& d0, V& d1, V& d2, V& d3) {
+    const V a = d0 - d2, b = d1 + d2, c = d2 - d1, e = d1 - d3;
     d0 = a, d1 = b, d2 = c, d3 = e;
+}
+
+// winograd_input's tiles (n, i, j0 .. j0+15) of one tile row, below AVX-512: in 16/kLanes
+// parts of kLanes tiles, in native vectors (a v16 d[4][4] would live in memory there; see
+// simd::vn). Part h: columns s-1 .. s+2*kLanes (s = 2*(j0+h)) of rows 2i-1 .. 2i+2.
+inline void winograd_input_parts(const float* src, int64_t H, int64_t W, int64_t i, int64_t j0, float* V,
+                                 int64_t Vxi) {
+    using simd::vn;
+    constexpr int L = simd::kLanes;
+    for (int h = 0; h < 16; h += L) {
+        const int64_t s = 2 * (j0 + h);
+        vn d[4][4];
+        for (int a = 0; a < 4; ++a) {
+            const int64_t y = 2 * i - 1 + a;
+            if (y < 0 || y >= H) {
+                for (int k = 0; k < 4; ++k) d[a][k] = vn{};
+                continue;
+            }
+            const float* row = src + y * W + s;
+            // q0: columns s-1 .. s+L-2, q1: s+L-1 .. s+2L-2, q2: s+1 .. s+L, q3: s+L+1 .. s+2L
+            const vn q0 = s == 0 ? simd::shift_right_in0(simd::loadn(row)) : simd::loadn(row - 1);
+            const vn q1 = simd::loadn(row + L - 1), q2 = simd::loadn(row + 1);
+            const vn q3 = s + 2 * L == W ? simd::shift_left_in0(simd::loadn(row + L)) : simd::loadn(row + L + 1);
+            d[a][0] = simd::even_lanes(q0, q1), d[a][1] = simd::odd_lanes(q0, q1);
+            d[a][2] = simd::even_lanes(q2, q3), d[a][3] = simd::odd_lanes(q2, q3);
+        }
+        for (int k = 0; k < 4; ++k) winograd_in4(d[0][k], d[1][k], d[2][k], d[3][k]);
+        for (int a = 0; a < 4; ++a) winograd_in4(d[a][0], d[a][1], d[a][2], d[a][3]);
+        for (int a = 0; a < 4; ++a)
+            for (int k = 0; k < 4; ++k) simd::storen(V + (a * 4 + k) * Vxi + h, d[a][k]);
+    }
 }
 
 // Coordinates (image n, tile row i, tile column j) of tiles t0 .. t0+count-1 of the
@@ -1109,6 +1141,7 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
     } else if (G == 1) {   // tiles (n, i, j0 .. j0+15): columns 2*j0-1 .. 2*j0+32 of rows 2i-1 .. 2i+2
         const int64_t j0 = tl.j[k0], i = tl.i[k0];
         const float* src = plane(tl.n[k0]);
+        if (simd::kLanes < 16) return winograd_input_parts(src, H, W, i, j0, V, Vxi);
         const v16i ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, od = ev + 1;
         const v16i right = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, left = right + 14;
         const v16 zero = v16{};
@@ -1148,9 +1181,42 @@ inline void winograd_input(const float* B, int64_t Hp, int64_t Wp, int64_t H, in
 // A^T m A of 16 tiles (m[xi] at M + xi*Ms) plus bias, ReLU, into rows 2i, 2i+1, columns
 // 2j, 2j+1 of plane(n) (H x W), the positions inside the image.
 // mask (null or a plane like plane's): outputs where mask <= 0 are 0 (the ReLU before the conv).
+// winograd_output's tiles (i, j0 .. j0+15) of one tile row, below AVX-512 (as
+// winograd_input_parts): out and mk (null, or the ReLU mask) at row 2i, column 2*j0.
+inline void winograd_output_parts(const float* M, int64_t Ms, int64_t H, int64_t W, int64_t i, float bias, bool relu,
+                                  float* out, const float* mk) {
+    using simd::vn;
+    constexpr int L = simd::kLanes;
+    const vn bv = simd::splatn(bias), zero = vn{};
+    for (int h = 0; h < 16; h += L) {
+        vn s[2][4];
+        for (int k = 0; k < 4; ++k) {
+            const vn m0 = simd::loadn(M + k * Ms + h), m1 = simd::loadn(M + (4 + k) * Ms + h),
+                     m2 = simd::loadn(M + (8 + k) * Ms + h), m3 = simd::loadn(M + (12 + k) * Ms + h);
+            s[0][k] = m0 + m1 + m2, s[1][k] = m1 - m2 - m3;
+        }
+        for (int r = 0; r < 2 && 2 * i + r < H; ++r) {
+            vn y0 = s[r][0] + s[r][1] + s[r][2] + bv, y1 = s[r][1] - s[r][2] - s[r][3] + bv;
+            if (relu) y0 = y0 < zero ? zero : y0, y1 = y1 < zero ? zero : y1;
+            vn o[2] = {simd::zip_lo(y0, y1), simd::zip_hi(y0, y1)};   // columns 2h .. 2h + 2L
+            const int64_t at = r * W + 2 * h;
+            for (int e = 0; e < 2; ++e) {
+                if (mk) o[e] = simd::loadn(mk + at + e * L) > zero ? o[e] : zero;
+                simd::storen(out + at + e * L, o[e]);
+            }
+        }
+    }
+}
+
 template <class Plane, class Mask>
 inline void winograd_output(const float* M, int64_t Ms, int64_t H, int64_t W, int G, const Tiles& tl, int64_t k0,
                             float bias, bool relu, Plane&& plane, Mask&& mask) {
+    if (simd::kLanes < 16 && G == 1) {
+        if (tl.n[k0] < 0) return;
+        const int64_t at = 2 * tl.i[k0] * W + 2 * tl.j[k0];
+        const float* mk = mask(tl.n[k0]);
+        return winograd_output_parts(M, Ms, H, W, tl.i[k0], bias, relu, plane(tl.n[k0]) + at, mk ? mk + at : nullptr);
+    }
     v16 s[2][4];
     for (int k = 0; k < 4; ++k) {
         const v16 m0 = load16(M + k * Ms), m1 = load16(M + (4 + k) * Ms), m2 = load16(M + (8 + k) * Ms),

@@ -528,17 +528,44 @@ typedef int v16i __attribute__((vector_size(64)));
 // registers: the FMA cores (conv.cuh's gemm_tile and dot_block) accumulate in native
 // vectors, which it keeps in registers on every ISA (with AVX-512, vn is v16).
 #if defined(__AVX512F__)
-constexpr int kLanes = 16;
+#define CUNET_LANES 16
 #elif defined(__AVX__)
-constexpr int kLanes = 8;
+#define CUNET_LANES 8
 #else
-constexpr int kLanes = 4;
+#define CUNET_LANES 4
 #endif
+constexpr int kLanes = CUNET_LANES;
 typedef float vn __attribute__((vector_size(4 * kLanes)));
 typedef float vnu __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+typedef int vni __attribute__((vector_size(4 * kLanes)));
 inline vn loadn(const float* p) { return *reinterpret_cast<const vnu*>(p); }
 inline void storen(float* p, vn v) { *reinterpret_cast<vnu*>(p) = v; }
 inline vn splatn(float s) { return vn{} + s; }
+// Lanes of the concatenation (a, b): the even ones, the odd ones; (0, a) one lane right (a
+// zero enters at lane 0), (a, 0) one lane left (a zero enters at the top lane).
+// The interleaving of (a, b): a0 b0 a1 b1 ..., its low and high halves.
+#if CUNET_LANES == 16
+#define CUNET_LANE_PATTERNS {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, \
+                            {15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30}, \
+                            {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, \
+                            {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#elif CUNET_LANES == 8
+#define CUNET_LANE_PATTERNS {0, 2, 4, 6, 8, 10, 12, 14}, {7, 8, 9, 10, 11, 12, 13, 14}, {1, 2, 3, 4, 5, 6, 7, 8}, \
+                            {0, 8, 1, 9, 2, 10, 3, 11}
+#else
+#define CUNET_LANE_PATTERNS {0, 2, 4, 6}, {3, 4, 5, 6}, {1, 2, 3, 4}, {0, 4, 1, 5}
+#endif
+struct LanePatterns {
+    vni even, right, left, zip;
+};
+inline constexpr LanePatterns kLanePatterns = {CUNET_LANE_PATTERNS};
+#undef CUNET_LANE_PATTERNS
+inline vn even_lanes(vn a, vn b) { return __builtin_shuffle(a, b, kLanePatterns.even); }
+inline vn odd_lanes(vn a, vn b) { return __builtin_shuffle(a, b, kLanePatterns.even + 1); }
+inline vn shift_right_in0(vn a) { return __builtin_shuffle(vn{}, a, kLanePatterns.right); }
+inline vn shift_left_in0(vn a) { return __builtin_shuffle(a, vn{}, kLanePatterns.left); }
+inline vn zip_lo(vn a, vn b) { return __builtin_shuffle(a, b, kLanePatterns.zip); }
+inline vn zip_hi(vn a, vn b) { return __builtin_shuffle(a, b, kLanePatterns.zip + kLanes / 2); }
 
 inline v16 load16(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store16(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
