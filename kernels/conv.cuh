@@ -1395,6 +1395,31 @@ inline void winograd_conv(int64_t N, int64_t Ci, int64_t Co, int64_t D, int64_t 
 template <class Plane>
 inline void winograd_grad_tile(int64_t H, int64_t W, int G, const Tiles& tl, int64_t k0, Plane&& plane, float* Z,
                                int64_t Zxi) {
+    if (simd::kLanes < 16 && G == 1) {   // in native-vector parts, as winograd_input_parts
+        using simd::vn;
+        constexpr int L = simd::kLanes;
+        const int64_t i = tl.i[k0];
+        const float* src = tl.n[k0] >= 0 ? plane(tl.n[k0]) + 2 * i * W + 2 * tl.j[k0] : nullptr;
+        for (int h = 0; h < 16; h += L) {
+            vn e[2][2];
+            for (int r = 0; r < 2; ++r) {
+                const bool in = src && 2 * i + r < H;
+                const vn q0 = in ? simd::loadn(src + r * W + 2 * h) : vn{};
+                const vn q1 = in ? simd::loadn(src + r * W + 2 * h + L) : vn{};
+                e[r][0] = simd::even_lanes(q0, q1), e[r][1] = simd::odd_lanes(q0, q1);
+            }
+            vn z[4][2];   // as below: A e along rows, then along columns
+            for (int c = 0; c < 2; ++c)
+                z[0][c] = e[0][c], z[1][c] = e[0][c] + e[1][c], z[2][c] = e[0][c] - e[1][c], z[3][c] = -e[1][c];
+            for (int a = 0; a < 4; ++a) {
+                simd::storen(Z + (a * 4) * Zxi + h, z[a][0]);
+                simd::storen(Z + (a * 4 + 1) * Zxi + h, z[a][0] + z[a][1]);
+                simd::storen(Z + (a * 4 + 2) * Zxi + h, z[a][0] - z[a][1]);
+                simd::storen(Z + (a * 4 + 3) * Zxi + h, -z[a][1]);
+            }
+        }
+        return;
+    }
     v16 e[2][2];
     if (G >= 1) {   // group g (tile row (n, i), G = 1: from column 2*j0): row 2i + r, 32/G columns
         const int Tw = 16 / G;
