@@ -132,44 +132,47 @@ def _train(a, comm):
     from cunet import data, distributed, losses, optim, train
     root = distributed.rank(comm) == 0
     say = print if root else (lambda *args: None)
-    _device_arrays(a.device)
-    if a.device == "cuda" and comm is not None:
-        distributed.use_local_gpu(comm)   # one process per GPU: device = local rank
-    if comm is not None and a.batch_size % comm.Get_size():
-        raise ValueError(f"--batch-size: expected a multiple of the number of ranks ({comm.Get_size()}): it is the "
-                         f"global batch, split across ranks; got {a.batch_size}")
-    xs, ys, metas = _read_pairs(a.images, a.labels, a.classes)
-    classes = _classes(ys, a.labels, a.classes)
-    norm_cfg = data.default_normalization()
-    tx, ty = _samples(xs, ys, a.dims, a.axis, norm_cfg, a.labels)
-    patch = tuple(a.patch) if a.patch else _default_patch(tx, a.dims, a.depth)
-    if len(patch) != a.dims or any(p % 2 ** a.depth for p in patch):
-        raise ValueError(f"--patch: expected {a.dims} sizes, multiples of 2**depth = {2 ** a.depth}, got {patch}")
-    augment = data.Augment(seed=a.seed) if a.augment else None
-    src = data.PatchSampler(tx, ty, patch, a.batch_size, a.steps_per_epoch, augment=augment, seed=a.seed)
-    val = None
-    if a.val_images:
-        vx, vy, _ = _read_pairs(a.val_images, a.val_labels or [], classes)
-        vx, vy = _samples(vx, vy, a.dims, a.axis, norm_cfg, a.val_labels)
-        val = data.PatchSampler(vx, vy, patch, a.batch_size, max(1, a.steps_per_epoch // 4), fg_fraction=0.5,
-                                seed=a.seed + 1, prefetch=False)
-    out_ch = 1 if classes == 2 else classes
-    model = cunet.UNet(dims=a.dims, in_channels=tx[0].shape[0], out_channels=out_ch, base=a.base, depth=a.depth,
-                       norm="batch" if a.batchnorm else None, seed=a.seed, precision=a.precision)
+    # the arguments and files, checked on every rank: an error in them is every rank's (or names the
+    # ranks that had it) and is said once; no collective in this block
+    with distributed.together(comm):
+        _device_arrays(a.device)
+        if comm is not None and a.batch_size % comm.Get_size():
+            raise ValueError(f"--batch-size: expected a multiple of the number of ranks ({comm.Get_size()}): it is "
+                             f"the global batch, split across ranks; got {a.batch_size}")
+        xs, ys, metas = _read_pairs(a.images, a.labels, a.classes)
+        classes = _classes(ys, a.labels, a.classes)
+        norm_cfg = data.default_normalization()
+        tx, ty = _samples(xs, ys, a.dims, a.axis, norm_cfg, a.labels)
+        patch = tuple(a.patch) if a.patch else _default_patch(tx, a.dims, a.depth)
+        if len(patch) != a.dims or any(p % 2 ** a.depth for p in patch):
+            raise ValueError(f"--patch: expected {a.dims} sizes, multiples of 2**depth = {2 ** a.depth}, got {patch}")
+        augment = data.Augment(seed=a.seed) if a.augment else None
+        src = data.PatchSampler(tx, ty, patch, a.batch_size, a.steps_per_epoch, augment=augment, seed=a.seed)
+        val = None
+        if a.val_images:
+            vx, vy, _ = _read_pairs(a.val_images, a.val_labels or [], classes)
+            vx, vy = _samples(vx, vy, a.dims, a.axis, norm_cfg, a.val_labels)
+            val = data.PatchSampler(vx, vy, patch, a.batch_size, max(1, a.steps_per_epoch // 4), fg_fraction=0.5,
+                                    seed=a.seed + 1, prefetch=False)
+        out_ch = 1 if classes == 2 else classes
+        model = cunet.UNet(dims=a.dims, in_channels=tx[0].shape[0], out_channels=out_ch, base=a.base, depth=a.depth,
+                           norm="batch" if a.batchnorm else None, seed=a.seed, precision=a.precision)
+        out = Path(a.out)
+        run_dir = out.with_name(out.stem + "_run")
+        resume = None
+        if a.resume:
+            resume = run_dir / "last.safetensors"
+            if not resume.is_file():
+                raise ValueError(f"--resume: {run_dir} holds no run to resume (no last.safetensors)")
+        elif comm is not None and not a.overwrite and any((run_dir / n).exists() for n in train.RUN_FILES):
+            raise ValueError(_held(run_dir))   # (one process: fit's own check, reworded below)
     if a.device == "cuda":
+        if comm is not None:
+            distributed.use_local_gpu(comm)   # one process per GPU: device = local rank
         model.to("cuda")
     loss = losses.DiceCE()
     opt = optim.Adam(model, lr=a.lr)
     sched = optim.PolyLR(opt, total_steps=a.epochs * len(src)) if not a.time_budget else None
-    out = Path(a.out)
-    run_dir = out.with_name(out.stem + "_run")
-    resume = None
-    if a.resume:
-        resume = run_dir / "last.safetensors"
-        if not resume.is_file():
-            raise ValueError(f"--resume: {run_dir} holds no run to resume (no last.safetensors)")
-    elif comm is not None and not a.overwrite and any((run_dir / n).exists() for n in train.RUN_FILES):
-        raise ValueError(_held(run_dir))   # (one process: fit's own check, reworded below)
     ranks = "" if comm is None else f", {comm.Get_size()} ranks x {a.batch_size // comm.Get_size()} samples"
     say(f"cunet train: {len(tx)} samples, patch {patch}, {classes} classes, {model.num_parameters():,} parameters,"
           f" device {a.device}{ranks}")

@@ -12,6 +12,7 @@ coordinate them, NCCL (CuPy's cupy.cuda.nccl) for the gradients of models on GPU
         dp.decide(value)            #   rank 0's value on every rank (the time-budget stop)
         dp.wait_for_root()          #   a barrier that sleeps instead of spinning (rank 0 validates)
     same(comm, **fields)            # every rank's fields equal, else AllRanks naming the fields and ranks
+    with together(comm): ...        # checks before any collective: an error on any rank -> AllRanks on all
     allsum(comm, values), sleep_barrier(comm)
     Shard(source, rank, size)       # rank r's contiguous slice of every global batch of a source
     guard(comm, what)               # with-block: an exception on one rank -> its message naming the
@@ -51,7 +52,7 @@ import traceback
 import numpy as np
 
 __all__ = ["world", "rank", "size", "local_rank", "use_local_gpu", "DataParallel", "Shard", "guard", "part", "allsum",
-           "sleep_barrier", "same", "AllRanks"]
+           "sleep_barrier", "same", "together", "AllRanks"]
 
 INSTALL = "pip install 'cunet[mpi]'"
 # process-count variables set by launchers: MPICH/Intel MPI (hydra), Open MPI, MVAPICH, Slurm's srun --mpi=pmi2
@@ -221,6 +222,33 @@ def same(comm, **fields):
                        f"of the same length, the same checkpoint)")
 
 
+@contextlib.contextmanager
+def together(comm):
+    """A block of checks every rank runs before the job's collectives (arguments, input
+    files): a ValueError, TypeError or OSError in it on any rank becomes AllRanks on every
+    rank, with the message (each distinct one naming its ranks when not all had it), so
+    guard says it once instead of once per rank. The block must hold no collective: a
+    rank that failed skipped the rest of it. Without a communicator errors propagate as is."""
+    if comm is None or comm.Get_size() == 1:
+        yield
+        return
+    err = None
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as e:
+        err = str(e)
+    errs = comm.allgather(err)
+    if any(e is not None for e in errs):
+        ranks = {}
+        for r, e in enumerate(errs):
+            if e is not None:
+                ranks.setdefault(e, []).append(r)
+        if len(ranks) == 1 and None not in errs:   # the usual case: the same bad argument everywhere
+            raise AllRanks(errs[0]) from None
+        raise AllRanks("; ".join(f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {e}"
+                                 for e, rs in ranks.items())) from None
+
+
 def allsum(comm, values):
     """A list of host numbers -> their element-wise sum over the ranks (float64, one Allreduce)."""
     a = np.asarray(values, np.float64)
@@ -328,8 +356,9 @@ def guard(comm, what="cunet"):
         print(f"{what}: rank {r} of {n} failed: {kind}; aborting all {n} ranks", file=sys.stderr, flush=True)
         code = 2 if isinstance(e, (ValueError, TypeError, OSError, FloatingPointError)) else 1
         sys.stdout.flush()
+        time.sleep(0.5)   # the launcher forwards our output asynchronously; an abort drops what it has not sent
         comm.Abort(code)
-        _exit(code)
+        _exit(code)   # MPICH's MPI_Abort returns; the code after the block must not run
 
 
 def _exit(code):

@@ -223,10 +223,13 @@ def test_cli_train_under_mpiexec_writes_once(tmp_path):
     assert res.stdout.count("epoch 2/2") == 1
     assert train.load_checkpoint(tmp_path / "m_run" / "last.safetensors")["train"]["ranks"] == 2
     train.load(model)
-    again = _mpiexec(2, *args)   # the run directory holds a run: refused on every rank, job ended
-    assert again.returncode != 0 and "--out:" in again.stderr and "already holds a training run" in again.stderr
+    # errors in the arguments are every rank's: said once, as by one process, and every rank exits 2 (no abort)
+    again = _mpiexec(2, *args)   # the run directory holds a run
+    assert again.returncode == 2 and again.stderr.count("cunet train: error: --out:") == 1, again.stderr
+    assert "already holds a training run" in again.stderr and "MPI_Abort" not in again.stderr
     odd = _mpiexec(2, *[("3" if prev == "--batch-size" else v) for prev, v in zip([None] + args, args)], "--overwrite")
-    assert odd.returncode != 0 and "--batch-size: expected a multiple of the number of ranks (2)" in odd.stderr
+    assert odd.returncode == 2 and "MPI_Abort" not in odd.stderr, odd.stderr
+    assert odd.stderr.count("cunet train: error: --batch-size: expected a multiple of the number of ranks (2)") == 1
 
 
 @pytest.fixture
