@@ -1309,22 +1309,25 @@ inline void winograd_input_nd(const WinoGeom& q, const float* B, const Tiles& tl
                               Plane&& plane, float* V, int64_t Vxi) {
     if (q.NC == 16) return winograd_input(B, q.Hp, q.Wp, q.H, q.W, q.G, tl, k0, plane, V, Vxi);
     for (int a = 0; a < 4; ++a) winograd_input(B, q.Hp, q.Wp, q.H, q.W, q.G, sl[a], k0, plane, V + a * 16 * Vxi, Vxi);
-    for (int bc = 0; bc < 16; ++bc) {
-        v16 d[4];
-        for (int a = 0; a < 4; ++a) d[a] = *reinterpret_cast<const v16*>(V + (a * 16 + bc) * Vxi);
-        winograd_in4(d[0], d[1], d[2], d[3]);
-        for (int a = 0; a < 4; ++a) *reinterpret_cast<v16*>(V + (a * 16 + bc) * Vxi) = d[a];
-    }
+    for (int bc = 0; bc < 16; ++bc)
+        for (int h = 0; h < 16; h += simd::kLanes) {   // native vectors (see simd::vn)
+            simd::vn d[4];
+            for (int a = 0; a < 4; ++a) d[a] = simd::loadn(V + (a * 16 + bc) * Vxi + h);
+            winograd_in4(d[0], d[1], d[2], d[3]);
+            for (int a = 0; a < 4; ++a) simd::storen(V + (a * 16 + bc) * Vxi + h, d[a]);
+        }
 }
 
 // A^T along z of the 64 components of M (stride Ms): output slice 0 and 1 as 16 components
 // each at O + (oz*16 + bc)*16, for winograd_output (Ms = 16).
 inline void winograd_out_z(const float* M, int64_t Ms, float* O) {
-    for (int bc = 0; bc < 16; ++bc) {
-        const v16 m0 = load16(M + bc * Ms), m1 = load16(M + (16 + bc) * Ms), m2 = load16(M + (32 + bc) * Ms),
-                  m3 = load16(M + (48 + bc) * Ms);
-        simd::store16(O + bc * 16, m0 + m1 + m2), simd::store16(O + (16 + bc) * 16, m1 - m2 - m3);
-    }
+    using simd::loadn;
+    for (int bc = 0; bc < 16; ++bc)
+        for (int h = 0; h < 16; h += simd::kLanes) {   // native vectors (see simd::vn)
+            const simd::vn m0 = loadn(M + bc * Ms + h), m1 = loadn(M + (16 + bc) * Ms + h),
+                           m2 = loadn(M + (32 + bc) * Ms + h), m3 = loadn(M + (48 + bc) * Ms + h);
+            simd::storen(O + bc * 16 + h, m0 + m1 + m2), simd::storen(O + (16 + bc) * 16 + h, m1 - m2 - m3);
+        }
 }
 
 // out(n, c) = bias[c] + sum over ci, 3x3(x3) taps of weight(c, ci, kz, ky, kx) * x[n][ci][z+kz-1][y+ky-1][x+kx-1]
