@@ -540,7 +540,15 @@ typedef float vnu __attribute__((vector_size(4 * kLanes), aligned(4), may_alias)
 typedef int vni __attribute__((vector_size(4 * kLanes)));
 inline vn loadn(const float* p) { return *reinterpret_cast<const vnu*>(p); }
 inline void storen(float* p, vn v) { *reinterpret_cast<vnu*>(p) = v; }
-inline vn splatn(float s) { return vn{} + s; }
+inline vn splatn(float s) {   // (not vn{} + s: 0 + s is an add, since 0 + -0 = +0)
+#if CUNET_LANES == 16
+    return vn{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#elif CUNET_LANES == 8
+    return vn{s, s, s, s, s, s, s, s};
+#else
+    return vn{s, s, s, s};
+#endif
+}
 // Lanes of the concatenation (a, b): the even ones, the odd ones; (0, a) one lane right (a
 // zero enters at lane 0), (a, 0) one lane left (a zero enters at the top lane).
 // The interleaving of (a, b): a0 b0 a1 b1 ..., its low and high halves.
