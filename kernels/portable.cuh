@@ -514,8 +514,10 @@ inline unsigned loop_block() {
 #endif
 
 // ---------------------------------------------------------------- host vectors
-// The CPU variants' 16-float vectors (GCC vector extensions: one zmm register with AVX-512,
-// two ymm or four xmm elsewhere) and the float functions they need. Host build only.
+// The CPU variants' 16-float vectors (GCC vector extensions: one zmm register with AVX-512;
+// elsewhere each operation is split into ymm or xmm pieces, but a v16 variable, having no
+// machine mode there, lives in memory: register-blocked loops use the native vn below) and
+// the float functions they need. Host build only.
 #if defined(CUNET_HOST)
 namespace cunet::simd {
 
