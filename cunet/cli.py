@@ -289,17 +289,8 @@ def _predict_file(model, plan, input, output, a, progress):
 
 
 def _cases(folder):
-    """The image files of a folder (NIfTI, PNG, TIFF; hidden files and others ignored), sorted by name."""
     from cunet.data import io
-    names = []
-    for p in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        try:
-            io._extension(p.name)
-        except ValueError:
-            continue
-        if p.is_file() and not p.name.startswith("."):
-            names.append(p.name)
-    return names
+    return io.image_files(folder)
 
 
 def _predict_folder(a):

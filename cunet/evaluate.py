@@ -106,17 +106,8 @@ def case_metrics(pred, ref, spacing, labels):
 
 
 def _label_files(folder):
-    """Names of the NIfTI/PNG/TIFF files of a folder (hidden files and others ignored), sorted."""
     from cunet.data import io
-    names = []
-    for p in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        try:
-            io._extension(p.name)
-        except ValueError:
-            continue
-        if p.is_file() and not p.name.startswith("."):
-            names.append(p.name)
-    return names
+    return io.image_files(folder)
 
 
 def _check_grid(pred_path, ref_path, pred, ref, pmeta, rmeta):

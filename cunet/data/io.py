@@ -17,6 +17,7 @@ is the one place that copy belongs).
 """
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,16 @@ def _extension(path):
 
 def _format(path):
     return FORMATS[_extension(path)]
+
+
+def image_files(folder):
+    """Names of the NIfTI/PNG/TIFF files of a folder (hidden files and others ignored), sorted:
+    the cases of cohort prediction and evaluation."""
+    names = []
+    for p in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if p.is_file() and not p.name.startswith(".") and any(p.name.lower().endswith(e) for e in FORMATS):
+            names.append(p.name)
+    return names
 
 
 def _atomic_save(path, write):
