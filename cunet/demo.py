@@ -7,6 +7,10 @@ show the result.
     denoise  Noise2Noise: a 2D UNet trained from two independent noisy copies of T1 slices,
              PSNR against the clean slices, the noisy input and a Gaussian-filter baseline
 
+Every task trains on its training part and reports on the held-out part with the last
+step's weights: the held-out part draws the learning curve but chooses nothing (no best
+epoch is picked on it), so the printed scores are not selected ones.
+
 Every task writes to --out: model.safetensors, the prediction (NIfTI on the template grid,
 or PNG), overlay.png (image / ground truth / prediction), learning_curve.png,
 metrics.json; and prints the held-out scores.
@@ -42,7 +46,10 @@ def _seconds_per_step(model, loss, src):
 
 def _train(model, loss, src, val, out, device, time_budget, epochs, num_classes, lr):
     """Adam with nnU-Net's polynomial decay over the run: `epochs` epochs, or as many steps
-    as fit in `time_budget` seconds (estimated from a timed step)."""
+    as fit in `time_budget` seconds (estimated from a timed step). The model keeps the last
+    step's weights: `val` is the data the demo reports on, so it draws the learning curve
+    but chooses nothing (picking the best epoch on it would make the reported score a
+    selected one)."""
     from cunet import optim, train
     if device == "cuda":
         model.to("cuda")
@@ -52,9 +59,6 @@ def _train(model, loss, src, val, out, device, time_budget, epochs, num_classes,
     t0 = time.perf_counter()
     hist = train.fit(model, loss, opt, src, val, epochs=epochs, schedule=sched, out=out / "run",
                      num_classes=num_classes, time_budget=None if epochs else time_budget, overwrite=True)
-    best = out / "run" / "best.safetensors"
-    if hist.best_epoch is not None:   # written by this run (fit cleared the directory first)
-        model.load_state_dict(train.load_checkpoint(best)["state"])
     if (out / "run" / "history.png").exists():
         shutil.copy(out / "run" / "history.png", out / "learning_curve.png")
     return hist, time.perf_counter() - t0
