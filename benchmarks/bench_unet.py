@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 # name: (dims, batch, size, base, depth, classes)
 CONFIGS = {"2d-128": (2, 8, 128, 16, 4, 2), "2d-256": (2, 4, 256, 32, 4, 2), "3d-64": (3, 2, 64, 8, 3, 3)}
 GPU_CONFIGS = {"gpu-2d-256": (2, 32, 256, 32, 4, 2), "gpu-3d-128": (3, 2, 128, 16, 4, 2)}
-CEILING = 350.0   # GFLOP/s fp32, 2 cores x AVX-512 FMA (measured on the development machines)
+CEILING = 350.0   # GFLOP/s fp32 of the Intel development machines (2 cores, AVX-512): bench_ops' ceiling and
+                  # the fallback when a run has no measured sgemm (bench_unet measures its own)
 
 
 def forward_gflop(dims, n, size, base, depth, classes):
@@ -213,9 +214,30 @@ def timed(fn):
     return time.perf_counter() - t
 
 
+def cpu_line():
+    """The CPU model and the ISA that matters here, from /proc/cpuinfo."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "CPU: unknown"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "unknown")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    isa = "AVX-512" if "avx512f" in flags else "AVX2 + FMA (no AVX-512)" if "avx2" in flags else "SSE only"
+    return f"CPU: {model}, {os.cpu_count()} cores visible, {isa}"
+
+
+def sgemm_rate():
+    """GFLOP/s of a 2048^2 float32 matmul (PyTorch, this process's threads): the measured ceiling."""
+    import torch
+    a = torch.randn(2048, 2048)
+    a @ a
+    return 2 * 2048 ** 3 / min(timed(lambda: a @ a) for _ in range(5)) / 1e9
+
+
 def run_timing(names, steps):
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+    sgemm = sgemm_rate()
     rows = []
     for name in names:
         cfg = CONFIGS[name]
@@ -230,7 +252,7 @@ def run_timing(names, steps):
                     times[k]["fwd"].append(tf)
                     times[k]["train"].append(ts)
         med = {k: {p: float(np.median(v)) for p, v in t.items()} for k, t in times.items()}
-        rows.append(dict(config=name, gflop=forward_gflop(*cfg), ms=med))
+        rows.append(dict(config=name, gflop=forward_gflop(*cfg), ms=med, sgemm=sgemm))
     return rows
 
 
@@ -245,11 +267,11 @@ def peak_rss(name, who, steps=3):
 
 
 def table(rows, threads, mem):
-    print(f"\n### {threads} thread(s)  (ceiling ~{CEILING:.0f} GFLOP/s on 2 cores; 1 thread ~{CEILING / 2:.0f})")
+    ceiling = rows[0].get("sgemm") or CEILING * min(threads, 2) / 2
+    print(f"\n### {threads} thread(s); {cpu_line()}; ceiling: sgemm 2048^2 measured here {ceiling:.0f} GFLOP/s")
     print("| config | pass | cunet ms | GFLOP/s | % ceiling | PyTorch ms | PyTorch-CL ms | cunet / best PyTorch |"
           + (" peak MiB cunet / torch / torch-CL |" if mem else ""))
     print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if mem else ""))
-    ceiling = CEILING * min(threads, 2) / 2
     for r in rows:
         for p, factor in (("fwd", 1), ("train", 3)):
             c, t, cl = (r["ms"][k][p] * 1e3 for k in ("cunet", "torch", "torch-cl"))
