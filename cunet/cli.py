@@ -288,11 +288,6 @@ def _predict_file(model, plan, input, output, a, progress):
         data.save_label(output, labels, like=meta)
 
 
-def _cases(folder):
-    from cunet.data import io
-    return io.image_files(folder)
-
-
 def _predict_folder(a):
     """Every case of IN_DIR -> OUT_DIR/<same name>. This process's cases: the sorted list,
     split by --num-parts/--part-id (case i to part i % K), then across MPI ranks (i % N).
@@ -310,7 +305,8 @@ def _predict_folder(a):
     if out_dir.exists() and out_dir.resolve() == Path(a.input).resolve():
         raise ValueError(f"OUTPUT: {out_dir} is the INPUT folder; refusing to write over the images "
                          f"(choose another folder)")
-    names = _cases(a.input)
+    from cunet.data import io
+    names = io.image_files(a.input)
     if not names:
         raise ValueError(f"INPUT: {a.input} holds no NIfTI, PNG or TIFF files")
     comm = distributed.world()

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cunet._files import atomic_write
+
 METRICS = ("Dice", "IoU", "HD95", "ASSD", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 AFFINE_TOL_MM = 1e-3
 
@@ -105,11 +107,6 @@ def case_metrics(pred, ref, spacing, labels):
     return {str(int(c)): binary_metrics(pred == c, ref == c, spacing) for c in labels}
 
 
-def _label_files(folder):
-    from cunet.data import io
-    return io.image_files(folder)
-
-
 def _check_grid(pred_path, ref_path, pred, ref, pmeta, rmeta):
     if pred.shape != ref.shape:
         raise ValueError(f"{pred_path}: prediction shape {pred.shape} does not match the reference "
@@ -153,7 +150,7 @@ def evaluate_folder(pred_dir, ref_dir, labels=None):
     for name, d in (("PRED_DIR", pred_dir), ("REF_DIR", ref_dir)):
         if not Path(d).is_dir():
             raise ValueError(f"{name}: expected a folder, got {d}" + ("" if Path(d).exists() else " (no such folder)"))
-    names = _label_files(ref_dir)
+    names = io.image_files(ref_dir)
     if not names:
         raise ValueError(f"REF_DIR: {ref_dir} holds no NIfTI, PNG or TIFF files")
     missing = [n for n in names if not (Path(pred_dir) / n).is_file()]
@@ -197,7 +194,8 @@ def _strict(v):
 
 
 def write_json(summary, path):
-    Path(path).write_text(json.dumps(_strict(summary), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(_strict(summary), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _num(v, unit=""):
@@ -229,4 +227,4 @@ def plot_dice(summary, path):
     ax.set_xticks(range(1, len(keys) + 1), [f"{k}\n(n={len(d)})" for k, d in zip(keys, data)])
     ax.set(xlabel="class", ylabel="Dice", ylim=(-0.02, 1.02),
            title=f"per-case Dice ({len(summary['metric_per_case'])} cases)")
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

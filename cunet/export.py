@@ -55,6 +55,7 @@ except ImportError:
     raise ImportError("cunet export needs the onnx package: pip install 'cunet[export]'") from None
 
 from cunet import __version__, _check
+from cunet._files import atomic_write
 from cunet.nn.layers import BatchNorm, Conv, ConvTranspose, Dropout, LeakyReLU, MaxPool, ReLU, Sequential, Upsample
 from cunet.nn.model import _host
 from cunet.nn.unet import UNet
@@ -213,7 +214,7 @@ def to_onnx(model, path, opset=DEFAULT_OPSET):
                               doc_string=f"cunet {model.dims}D UNet, eval-mode forward: image -> logits")
     helper.set_model_props(proto, _metadata(model))
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, str(path))
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp), suffix=".tmp.onnx")
     return proto
 
 

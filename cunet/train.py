@@ -45,7 +45,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from cunet import __version__, _check
+from cunet._files import atomic_write
 from cunet.nn.model import _host, upload
 from cunet.reference import PRECISIONS
 
@@ -514,9 +514,9 @@ def fit(model, loss, optimizer, train, val=None, *, epochs=None, steps=None, sch
                         last_good = (out / "last.safetensors", step)
                         if improved:
                             save_checkpoint(out / "best.safetensors", model, optimizer, schedule, loss, state, extra)
-                        _atomic(out / "history.json",
+                        atomic_write(out / "history.json",
                                 lambda p: Path(p).write_text(json.dumps(history.to_dict(), indent=1)))
-                        _atomic(out / "history.png", lambda p: _plot(history, p))
+                        atomic_write(out / "history.png", lambda p: _plot(history, p))
                     say(_line(record, epochs, improved and val is not None))
                     if dp is not None:
                         dp.wait_for_root()   # rank 0 validated and wrote; the others sleep meanwhile
@@ -657,37 +657,6 @@ def _plot(history, path):
 
 # ---- checkpoints
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path, write):
-    """write(tmp) a temporary file next to `path` (.NAME.*.tmp), flush it to disk, then
-    rename it over `path`. The file gets the umask's mode, as any other tool's would
-    (mkstemp's is 0600). A kill leaves at most the temporary, which fit removes."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)   # (writers may recreate the file: its mode is set after)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):   # the rename itself, durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 RUN_FILES = ("last.safetensors", "best.safetensors", "history.json", "history.png")
 
 
@@ -745,7 +714,7 @@ def save_checkpoint(path, model, optimizer=None, schedule=None, loss=None, train
         train["loss"] = getattr(loss, "config", None)
     meta = {"cunet.model": _json("model.config", model.config), "cunet.train": _json("train_state", train),
             "cunet.extra": _json("extra", {} if extra is None else extra), "cunet.version": __version__}
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_checkpoint(path):

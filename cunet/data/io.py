@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cunet import _check
+from cunet._files import atomic_write
 
 FORMATS = {".nii": "nifti", ".nii.gz": "nifti", ".png": "png", ".tif": "tiff", ".tiff": "tiff"}
 
@@ -49,23 +50,9 @@ def image_files(folder):
 
 
 def _atomic_save(path, write):
-    """write(tmp) to a temporary file beside `path` with the same extension (nibabel and
-    PIL pick the format by it), then rename it over `path`: a failed or killed write
-    leaves no half-written file under the final name. Mode from the umask."""
-    import tempfile
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp" + _extension(path))
-    os.close(fd)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        write(tmp)   # (writers may recreate the file: its mode is set after)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """write(tmp) to a temporary beside `path` ending in the same extension (nibabel and PIL
+    pick the format by it), renamed over `path`: cunet._files.atomic_write."""
+    atomic_write(path, write, suffix=".tmp" + _extension(path))
 
 
 def _host(a, name):
